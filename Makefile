@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make quickstart` and `make test`.
+# Everything is installed into a virtual environment in $(VENV); versions are pinned
+# by requirements/constraints.txt (the set tested on the project's machines), while
+# pyproject.toml states the ranges the package supports elsewhere.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+CONSTRAINTS ?= requirements/constraints.txt
+PYTEST_ARGS ?=
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.robustfeat-installed
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install quickstart test bench lock clean help
+
+help:
+	@echo "make quickstart  set up, then run the main job (adapter check on real all-MiniLM-L6-v2)"
+	@echo "make test        set up, then run the full test suite"
+	@echo "make bench       training-step and merged-inference benchmark vs PEFT LoRA"
+	@echo "make clean       remove the virtual environment"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/python benchmarks/bench_adapters.py --quick
+
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite is misconfigured" >&2; fi; \
+	exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_adapters.py
+
+# Re-pin after a deliberate upgrade: freeze the working environment into the constraints.
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^robustfeat' > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from robustfeat.cli import main
+
+sys.exit(main())

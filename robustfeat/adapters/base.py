@@ -1,0 +1,197 @@
+"""The shared base: what every fine-tuning method is, and the one wrapper layer class.
+
+A method is a class registered in ``ADAPTERS``. It declares its name, a one-line
+summary, its trainable-parameter formula and the config fields it reads, and knows how
+to inject itself. Methods that wrap layers (lora, lorfa, vefa) subclass
+:class:`AdapterLayer` and supply only their parameters, their init and their math:
+
+* ``build(config)`` creates the parameters and ``reset_parameters(generator)`` inits them;
+* ``adapted_forward(x, ...)`` is the forward pass with the adapter active;
+* ``merged_weight(w_oik)`` (and ``merged_bias``) give the equivalent plain layer.
+
+Merge, unmerge, enable/disable and unloading are written here once. Merging keeps a
+copy of the original weight so that unmerging is exact (no division by learned
+scales, no accumulated rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from robustfeat.adapters.config import AdapterConfig
+from robustfeat.adapters.layers import LayerInfo, LayerKind
+from robustfeat.adapters.targeting import set_submodule
+from robustfeat.errors import UnsupportedError
+
+ALL_KINDS = frozenset({"linear", "conv1d-transposed", "conv2d"})
+
+
+class LayerHandle(Protocol):
+    """What the model-level operations need from an adapted layer."""
+
+    merged: bool
+
+    def merge(self) -> None: ...
+    def unmerge(self) -> None: ...
+    def set_enabled(self, enabled: bool) -> None: ...
+    def unwrap(self) -> nn.Module: ...
+    def adapter_parameters(self) -> dict[str, nn.Parameter]: ...
+
+
+class AdapterMethod:
+    """A fine-tuning method as the registry sees it (all class-level)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    formula: ClassVar[str] = ""
+    #: AdapterConfig fields this method reads (others must stay at their defaults).
+    options: ClassVar[frozenset[str]] = frozenset()
+    layer_kinds: ClassVar[frozenset[str]] = ALL_KINDS
+    default_targets: ClassVar[str] = "all-linear"
+    uses_targets: ClassVar[bool] = True
+    supports_disable: ClassVar[bool] = True
+    #: Extra config variants the generated contract tests also run, e.g. [{"shift": True}].
+    contract_variants: ClassVar[list[dict[str, Any]]] = []
+
+    @classmethod
+    def validate_config(cls, config: AdapterConfig) -> None:
+        """Method-specific checks beyond AdapterConfig's own."""
+
+    @classmethod
+    def check_target(cls, module: nn.Module, kind: LayerKind, path: str, config: AdapterConfig) -> None:
+        """Raise for a target this method cannot adapt under this config."""
+
+    @classmethod
+    def layer_param_count(cls, info: LayerInfo, config: AdapterConfig) -> int:
+        """Trainable parameters added per target layer (the documented formula)."""
+        raise NotImplementedError
+
+    @classmethod
+    def inject(cls, model: nn.Module, config: AdapterConfig, targets: list[tuple[str, nn.Module, LayerKind]]) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> list[tuple[str, LayerHandle]]:
+        """The adapted layers of ``model`` (path, handle)."""
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+
+    @classmethod
+    def trainable_by_default(cls) -> bool:
+        """Whether injection leaves the whole base trainable (full fine-tuning)."""
+        return False
+
+
+def _generator(config: AdapterConfig, path: str) -> torch.Generator | None:
+    """A per-layer generator, so a seed gives the same init whatever the layer order."""
+    if config.seed is None:
+        return None
+    import zlib
+
+    g = torch.Generator()
+    g.manual_seed(config.seed * 1_000_003 + zlib.crc32(path.encode()))
+    return g
+
+
+class AdapterLayer(nn.Module, AdapterMethod):
+    """Wraps one frozen layer; subclasses are the registered adapter methods."""
+
+    def __init__(self, base_layer: nn.Module, kind: LayerKind, config: AdapterConfig, path: str = "") -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.kind = kind
+        self.info = kind.info(base_layer)
+        self.scaling = config.scaling
+        self.merged = False
+        self.enabled = True
+        self.register_buffer("_w0", None, persistent=False)  # original weight while merged
+        self.register_buffer("_b0", None, persistent=False)
+        self._had_bias = base_layer.bias is not None
+        w = base_layer.weight
+        self.build(config, dtype=w.dtype, device=w.device)
+        with torch.no_grad():
+            self.reset_parameters(_generator(config, path))
+
+    # --- what each method supplies -------------------------------------------------
+    def build(self, config: AdapterConfig, dtype: torch.dtype, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
+        raise NotImplementedError
+
+    def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merged_weight(self, w_oik: torch.Tensor) -> torch.Tensor:
+        """The merged weight, in the ``[d_out, d_in, k]`` view of the base weight."""
+        raise NotImplementedError
+
+    def merged_bias(self, w_oik: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        return bias
+
+    # --- written once ---------------------------------------------------------------
+    @classmethod
+    def inject(cls, model: nn.Module, config: AdapterConfig, targets: list[tuple[str, nn.Module, LayerKind]]) -> None:
+        for path, module, kind in targets:
+            set_submodule(model, path, cls(module, kind, config, path))
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.merged or not self.enabled:
+            return self.base_layer(x, *args, **kwargs)
+        return self.adapted_forward(x, *args, **kwargs)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        if not self.enabled:
+            raise UnsupportedError("cannot merge a disabled adapter; enable it first")
+        layer = self.base_layer
+        w = layer.weight
+        self._w0 = w.detach().clone()
+        self._b0 = None if layer.bias is None else layer.bias.detach().clone()
+        # Compute in float32 at least, so half-precision bases merge without extra loss.
+        work = torch.promote_types(w.dtype, torch.float32)
+        w_oik = self.kind.as_oik(w.detach().to(work))
+        new_w = self.kind.from_oik(self.merged_weight(w_oik), w)
+        b = None if layer.bias is None else layer.bias.detach().to(work)
+        new_b = self.merged_bias(w_oik, b)
+        w.copy_(new_w.to(w.dtype))
+        if new_b is not None:
+            if layer.bias is None:
+                layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=False)
+            else:
+                layer.bias.copy_(new_b.to(layer.bias.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        layer = self.base_layer
+        layer.weight.copy_(self._w0)
+        if self._had_bias:
+            layer.bias.copy_(self._b0)
+        else:
+            layer.bias = None
+        self._w0 = self._b0 = None
+        self.merged = False
+
+    def set_enabled(self, enabled: bool) -> None:
+        if not enabled and self.merged:
+            self.unmerge()
+        self.enabled = enabled
+
+    def unwrap(self) -> nn.Module:
+        """The base layer, with the adapter folded in if merged."""
+        self._w0 = self._b0 = None
+        return self.base_layer
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+
+    def extra_repr(self) -> str:
+        i = self.info
+        return f"d_in={i.d_in}, d_out={i.d_out}, k={i.k}, scaling={self.scaling:g}, merged={self.merged}"

@@ -1,0 +1,40 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad name, a bad value, a wrong checkpoint) raises a
+subclass of :class:`RobustfeatError` whose message says what was wrong and how to fix
+it. The CLI prints that message as one line; anything else is a bug and gets a
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class RobustfeatError(Exception):
+    """Base class of every error caused by user input."""
+
+
+class ConfigError(RobustfeatError, ValueError):
+    """A configuration field has a bad value or contradicts another field."""
+
+
+class UnknownNameError(RobustfeatError, KeyError):
+    """A name (method, model, dataset, ...) is not registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TargetError(RobustfeatError, ValueError):
+    """target_modules matched nothing, or matched a layer that cannot be adapted."""
+
+
+class UnsupportedError(RobustfeatError):
+    """The operation is not defined for this method or layer."""
+
+
+class CheckpointError(RobustfeatError):
+    """A checkpoint is missing, unsafe, corrupt, or does not fit the model."""
+
+
+class BaseModelMismatchError(CheckpointError):
+    """A checkpoint was trained on a different base model than the one given."""
