@@ -1,0 +1,60 @@
+"""The thin CLI: listings, checkpoint info, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import robustfeat as rf
+from robustfeat.cli import main
+from robustfeat.registry import ADAPTERS
+from tests.models import CASES
+
+
+def test_ls_adapters_lists_every_method_with_formula(capsys):
+    assert main(["ls", "adapters"]) == 0
+    out = capsys.readouterr().out
+    for name, method in ADAPTERS.items():
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert method.summary in line and method.formula in line
+
+
+def test_info_on_checkpoint(tmp_path, capsys):
+    model = CASES[0].model()
+    rf.inject_adapters(model, rf.AdapterConfig(method="vefa", target_modules=["up", "mid"]))
+    rf.save_adapters(model, tmp_path / "ck", base_id="tiny-mlp")
+    assert main(["info", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "vefa" in out and "2 layers" in out and "tiny-mlp" in out
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["info", "/nonexistent/ckpt"], "does not exist"),
+        (["info", "{tmp}/model.pt"], "never unpickles"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path, argv, match):
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle of the int 1
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "robustfeat", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0] and lines[0].startswith("robustfeat: error:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_shows_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "robustfeat", "--debug", "info", "/nonexistent"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from robustfeat.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
