@@ -9,6 +9,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# Exact float32 on GPUs too: parity tolerances are 1e-5, which TF32 would not meet.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(autouse=True)

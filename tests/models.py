@@ -6,6 +6,7 @@ which modules to adapt, so that every registered method runs on every case.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+#: Where the tiny-model tests run; "cuda" on a GPU machine (CI is CPU-only).
+DEVICE = torch.device(os.environ.get("ROBUSTFEAT_TEST_DEVICE", "cpu"))
+
+
+def to_device(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: v.to(DEVICE) for k, v in x.items()}
+    return x.to(DEVICE)
 
 
 class TinyMLP(nn.Module):
@@ -88,9 +99,10 @@ class ModelCase:
 
     def model(self, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
-        return self.build().eval()
+        return self.build().eval().to(DEVICE)
 
     def run(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        inputs = to_device(inputs)
         return self.output(model(**inputs) if isinstance(inputs, dict) else model(inputs))
 
 
@@ -136,4 +148,4 @@ def perturb(params: Any, scale: float = 0.3, seed: int = 1) -> None:
     """Move parameters away from their (identity) init, deterministically."""
     g = torch.Generator().manual_seed(seed)
     for p in (params.values() if isinstance(params, dict) else params):
-        p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+        p.add_((torch.randn(p.shape, generator=g, dtype=p.dtype) * scale).to(p.device))

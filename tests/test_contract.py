@@ -12,7 +12,7 @@ from torch import nn
 import robustfeat as rf
 from robustfeat.errors import UnknownNameError, UnsupportedError
 from robustfeat.registry import ADAPTERS
-from tests.models import CASES, ModelCase, adapter_params, perturb
+from tests.models import CASES, ModelCase, TinyMLP, adapter_params, perturb
 
 
 def _variants():
@@ -200,7 +200,7 @@ def test_merge_with_lowp_base_is_float32_accurate():
     perturb(adapter_params(model), scale=0.5)
     layer = model.up
     w0 = layer.base_layer.weight.float()
-    expected = w0 @ (torch.eye(6) + layer.scaling * layer.lorfa_B.float() @ layer.lorfa_A.float())
+    expected = w0 @ (torch.eye(6, device=w0.device) + layer.scaling * layer.lorfa_B.float() @ layer.lorfa_A.float())
     rf.merge_adapters(model)
     got = layer.base_layer.weight.float()
     torch.testing.assert_close(got, expected.to(torch.bfloat16).float(), rtol=0, atol=0)
@@ -216,3 +216,7 @@ def test_seed_makes_init_reproducible():
     rf.inject_adapters(b, cfg)
     assert torch.equal(a.up.lora_A, b.up.lora_A) and torch.equal(a.mid.lora_A, b.mid.lora_A)
     assert not torch.equal(a.up.lora_A[:, :6], a.mid.lora_A[:, :6])
+    # the seed fixes the values on every device: they are drawn on the CPU
+    cpu = TinyMLP()
+    rf.inject_adapters(cpu, cfg)
+    assert torch.equal(a.up.lora_A.cpu(), cpu.up.lora_A)

@@ -38,7 +38,7 @@ def _check_forward_and_grads(case, ours, theirs, pairs):
     out_ours, out_theirs = case.run(ours, x), case.run(theirs, x)
     assert _max_diff(out_ours, out_theirs) < TOL
     # a loss whose gradient is not trivially uniform
-    w = torch.randn(out_ours.shape, generator=torch.Generator().manual_seed(6))
+    w = torch.randn(out_ours.shape, generator=torch.Generator().manual_seed(6)).to(out_ours.device)
     (out_ours * w).sum().backward()
     (out_theirs * w).sum().backward()
     for mine, ref in pairs:

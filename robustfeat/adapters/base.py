@@ -110,9 +110,13 @@ class AdapterLayer(nn.Module, AdapterMethod):
         self.register_buffer("_b0", None, persistent=False)
         self._had_bias = base_layer.bias is not None
         w = base_layer.weight
-        self.build(config, dtype=w.dtype, device=w.device)
+        # Initialise on the CPU, then move: a seed then gives the same adapter on any device.
+        self.build(config, dtype=w.dtype, device=torch.device("cpu"))
         with torch.no_grad():
             self.reset_parameters(_generator(config, path))
+        if w.device.type != "cpu":
+            for p in self.adapter_parameters().values():
+                p.data = p.data.to(w.device)
 
     # --- what each method supplies -------------------------------------------------
     def build(self, config: AdapterConfig, dtype: torch.dtype, device: torch.device) -> None:
