@@ -27,9 +27,9 @@ class LoRALayer(AdapterLayer):
 
     def build(self, config: AdapterConfig, dtype: torch.dtype, device: torch.device) -> None:
         r, i = config.rank, self.info
-        # A acts like the base layer (same kernel, stride, padding) down to r channels;
-        # B is a 1x1 map up to d_out. Stored as matrices: A (r, d_in*k), B (d_out, r).
-        self.lora_A = nn.Parameter(torch.empty(r, i.d_in * i.k, dtype=dtype, device=device))
+        # A acts like the base layer (same kernel, stride, padding) down to r channels:
+        # (r, d_in, *kernel), ready for the base op. B is a 1x1 map up to d_out: (d_out, r).
+        self.lora_A = nn.Parameter(torch.empty(r, i.d_in, *i.kernel, dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.empty(i.d_out, r, dtype=dtype, device=device))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
@@ -39,10 +39,9 @@ class LoRALayer(AdapterLayer):
 
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)
-        a = self.lora_A.view(self.lora_A.shape[0], self.info.d_in, *self.info.kernel)
-        h = self.kind.base_op(self.base_layer, self.dropout(x), a)  # (..., r)
+        h = self.kind.base_op(self.base_layer, self.dropout(x), self.lora_A)  # (..., r)
         return y + self.kind.feature_linear(h, self.lora_B) * self.scaling
 
     def merged_weight(self, w_oik: torch.Tensor) -> torch.Tensor:
-        delta = (self.lora_B.to(w_oik.dtype) @ self.lora_A.to(w_oik.dtype)).view_as(w_oik)
+        delta = (self.lora_B.to(w_oik.dtype) @ self.lora_A.flatten(1).to(w_oik.dtype)).view_as(w_oik)
         return w_oik + self.scaling * delta
