@@ -77,53 +77,47 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_training(models, batch, labels, device, warmup: int, steps: int, rounds: int) -> dict[str, list[float]]:
-    opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
-
-    def step(name):
-        m, opt = models[name], opts[name]
-        opt.zero_grad(set_to_none=True)
-        loss = m(**batch, labels=labels).loss
-        loss.backward()
-        opt.step()
-
-    for m in models.values():
-        m.train()
-    for name in models:
+def interleaved(fns: dict, device: torch.device, warmup: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Time each callable ``steps`` times, split into ``rounds`` that alternate the order,
+    so that slow phases of a shared machine hit every configuration alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
         for _ in range(warmup):
-            step(name)
+            fn()
     per_round = max(1, steps // rounds)
     for r in range(rounds):
-        order = list(models) if r % 2 == 0 else list(reversed(models))
-        for name in order:
+        for name in list(fns) if r % 2 == 0 else list(reversed(fns)):
             for _ in range(per_round):
                 sync(device)
                 t0 = time.perf_counter()
-                step(name)
+                fns[name]()
                 sync(device)
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def time_training(models, batch, labels, device, warmup: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    def make_step(m):
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            m(**batch, labels=labels).loss.backward()
+            opt.step()
+
+        return step
+
+    for m in models.values():
+        m.train()
+    return interleaved({k: make_step(m) for k, m in models.items()}, device, warmup, steps, rounds)
 
 
 @torch.no_grad()
 def time_inference(models, batch, device, warmup: int, steps: int, rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
         m.eval()
-        for _ in range(warmup):
-            m(**batch)
-    per_round = max(1, steps // rounds)
-    for r in range(rounds):
-        order = list(models) if r % 2 == 0 else list(reversed(models))
-        for name in order:
-            for _ in range(per_round):
-                sync(device)
-                t0 = time.perf_counter()
-                models[name](**batch)
-                sync(device)
-                times[name].append(time.perf_counter() - t0)
-    return times
+    fns = {k: (lambda m=m: m(**batch)) for k, m in models.items()}
+    return interleaved(fns, device, warmup, steps, rounds)
 
 
 def table(headers, rows) -> str:

@@ -221,3 +221,27 @@ def test_seed_makes_init_reproducible():
     cpu = TinyMLP()
     rf.inject_adapters(cpu, cfg)
     assert torch.equal(a.up.lora_A.cpu(), cpu.up.lora_A)
+
+
+@pytest.mark.parametrize("name", ["lora", "lorfa", "vefa", "ia3", "vera"])
+def test_merge_is_idempotent_and_remove_restores_the_base(name):
+    case = CASES[0]
+    model = case.model()
+    x = inputs(case)
+    base_out = case.run(model, x)
+    types_before = {n: type(m) for n, m in model.named_modules()}
+    rf.inject_adapters(model, make_config(name, {}, case))
+    perturb(adapter_params(model))
+    rf.merge_adapters(model)
+    once = case.run(model, x)
+    rf.merge_adapters(model)  # a second merge must not apply the update twice
+    torch.testing.assert_close(case.run(model, x), once, rtol=0, atol=0)
+    rf.remove_adapters(model)
+    assert {n: type(m) for n, m in model.named_modules()} == types_before
+    assert all(p.requires_grad for p in model.parameters())  # as before injection
+    torch.testing.assert_close(case.run(model, x), base_out, rtol=1e-5, atol=1e-6)
+
+
+def test_config_round_trips_through_dict():
+    cfg = rf.AdapterConfig(method="vefa", target_modules=["up"], shift=True, modules_to_save=["head"], seed=3)
+    assert rf.AdapterConfig.from_dict(cfg.to_dict()) == cfg

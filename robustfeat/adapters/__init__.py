@@ -4,17 +4,18 @@ Importing this package registers every built-in method in ``robustfeat.registry.
 """
 
 from robustfeat.adapters import baselines, lora, lorfa, vefa  # noqa: F401  (registration)
-from robustfeat.adapters.base import AdapterLayer, AdapterMethod
-from robustfeat.adapters.checkpoint import (
+# The public names are re-exported (lazily) by the top-level package.
+from robustfeat.adapters.base import AdapterLayer, AdapterMethod  # noqa: F401
+from robustfeat.adapters.checkpoint import (  # noqa: F401
     adapter_state_dict,
     checkpoint_info,
     fingerprint,
     load_adapters,
     save_adapters,
 )
-from robustfeat.adapters.config import AdapterConfig
-from robustfeat.adapters.layers import LayerInfo
-from robustfeat.adapters.model import (
+from robustfeat.adapters.config import AdapterConfig  # noqa: F401
+from robustfeat.adapters.layers import LayerInfo  # noqa: F401
+from robustfeat.adapters.model import (  # noqa: F401
     adapter_state,
     adapters_disabled,
     count_trainable,
@@ -28,29 +29,4 @@ from robustfeat.adapters.model import (
     set_adapters_enabled,
     unmerge_adapters,
 )
-from robustfeat.registry import ADAPTERS
-
-__all__ = [
-    "ADAPTERS",
-    "AdapterConfig",
-    "AdapterLayer",
-    "AdapterMethod",
-    "LayerInfo",
-    "adapter_state",
-    "adapter_state_dict",
-    "adapters_disabled",
-    "checkpoint_info",
-    "count_trainable",
-    "disable_adapters",
-    "enable_adapters",
-    "expected_trainable",
-    "fingerprint",
-    "inject_adapters",
-    "load_adapters",
-    "merge_adapters",
-    "merge_and_unload",
-    "remove_adapters",
-    "save_adapters",
-    "set_adapters_enabled",
-    "unmerge_adapters",
-]
+from robustfeat.registry import ADAPTERS  # noqa: F401
