@@ -23,11 +23,25 @@ def listing(kind: str, headers: tuple[str, ...]) -> Callable:
     return deco
 
 
-@listing("adapters", ("method", "description", "trainable parameters"))
+@listing("adapters", ("method", "description", "trainable parameters", "default lr"))
 def _adapter_rows() -> list[tuple[str, ...]]:
     from robustfeat.registry import ADAPTERS
 
-    return [(name, m.summary, m.formula) for name, m in ADAPTERS.items()]
+    return [(name, m.summary, m.formula, f"{m.default_lr:g}") for name, m in ADAPTERS.items()]
+
+
+@listing("models", ("model", "family", "parameters", "loads from", "status"))
+def _model_rows() -> list[tuple[str, ...]]:
+    from robustfeat.models.zoo import describe_models
+
+    return describe_models()
+
+
+@listing("datasets", ("dataset", "task", "cached", "description", "sources, in order"))
+def _dataset_rows() -> list[tuple[str, ...]]:
+    from robustfeat.data.api import describe_datasets
+
+    return describe_datasets()
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

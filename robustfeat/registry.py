@@ -84,3 +84,7 @@ class Registry(Generic[T]):
 ADAPTERS: Registry = Registry("adapter method", modules=("robustfeat.adapters",))
 #: Layer types an adapter can wrap (nn.Linear, nn.Conv2d, transformers' Conv1D).
 LAYER_KINDS: Registry = Registry("layer kind", modules=("robustfeat.adapters.layers",))
+#: Datasets: the built-in real datasets (``robustfeat ls datasets``).
+DATASETS: Registry = Registry("dataset", modules=("robustfeat.data.builtin",))
+#: The model zoo: real pretrained entries, generic loaders and tiny test models.
+MODELS: Registry = Registry("model", modules=("robustfeat.models.zoo",))

@@ -109,7 +109,7 @@ def test_all_conv_skips_depthwise_as_documented():
 def test_inject_twice_is_refused():
     model = MLP.model()
     rf.inject_adapters(model, _cfg(target_modules=["up"]))
-    with pytest.raises(RobustfeatError, match="already has robustfeat adapters"):
+    with pytest.raises(RobustfeatError, match="already has adapters"):
         rf.inject_adapters(model, _cfg(target_modules=["mid"]))
 
 

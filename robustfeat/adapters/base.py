@@ -51,6 +51,8 @@ class AdapterMethod:
     options: ClassVar[frozenset[str]] = frozenset()
     layer_kinds: ClassVar[frozenset[str]] = ALL_KINDS
     default_targets: ClassVar[str] = "all-linear"
+    #: learning rate ``robustfeat finetune`` uses when none is given (see the README)
+    default_lr: ClassVar[float] = 5e-4
     uses_targets: ClassVar[bool] = True
     supports_disable: ClassVar[bool] = True
     #: Extra config variants the generated contract tests also run, e.g. [{"shift": True}].
@@ -117,6 +119,7 @@ class AdapterLayer(nn.Module, AdapterMethod):
         if w.device.type != "cpu":
             for p in self.adapter_parameters().values():
                 p.data = p.data.to(w.device)
+        self.train(base_layer.training)  # a wrapper injected into an eval() model stays in eval
 
     # --- what each method supplies -------------------------------------------------
     def build(self, config: AdapterConfig, dtype: torch.dtype, device: torch.device) -> None:
@@ -141,8 +144,26 @@ class AdapterLayer(nn.Module, AdapterMethod):
         for path, module, kind in targets:
             set_submodule(model, path, cls(module, kind, config, path))
 
+    def __getattr__(self, name: str) -> Any:
+        # Parents sometimes read their child's attributes (T5 reads ``wo.weight.dtype``,
+        # others ``in_features``): fall through to the wrapped layer, as PEFT does.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self._modules.get("base_layer")
+            if base is None:
+                raise
+            return getattr(base, name)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.merged or not self.enabled:
+        if self.merged:
+            if self.training and torch.is_grad_enabled():
+                raise UnsupportedError(
+                    "the adapters are merged, so training would not update them; call "
+                    "unmerge_adapters(model) before training (or model.eval() to run inference)"
+                )
+            return self.base_layer(x, *args, **kwargs)
+        if not self.enabled:
             return self.base_layer(x, *args, **kwargs)
         return self.adapted_forward(x, *args, **kwargs)
 

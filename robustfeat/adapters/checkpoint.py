@@ -52,6 +52,19 @@ def fingerprint(model: nn.Module, exclude: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
+def structure(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Weight-independent facts of the base: a hash of names and shapes, and the dtypes, so
+    that a refused base can be told apart as another architecture or another dtype."""
+    h = hashlib.sha256()
+    dtypes = set()
+    for name, t in sorted(_base_tensors(model).items()):
+        if any(name == p or name.startswith(p + ".") for p in exclude):
+            continue
+        h.update(f"{name}|{tuple(t.shape)}\n".encode())
+        dtypes.add(str(t.dtype).replace("torch.", ""))
+    return {"shapes": h.hexdigest()[:16], "dtypes": sorted(dtypes)}
+
+
 def _base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     persistent = set(model.state_dict(keep_vars=True))
     out = dict(model.named_parameters())
@@ -147,6 +160,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, *, base_id: str | N
             "class": type(model).__name__,
             "fingerprint": state.base_fingerprint,
             "num_parameters": state.base_num_parameters,
+            **state.base_structure,
         },
         "tensors": sorted(tensors),
         "versions": _versions(),
@@ -154,6 +168,9 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, *, base_id: str | N
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint is shared like any folder
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "robustfeat": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -219,9 +236,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             f"'{path}' uses checkpoint format version {version!r}; this robustfeat reads "
             f"version {FORMAT_VERSION} and older. Upgrade robustfeat."
         )
-    for key in ("adapter", "targets", "base_model", "tensors"):
-        if key not in meta:
-            raise CheckpointError(f"'{cfg_file}' lacks the '{key}' entry; the file is damaged")
+    expected_types = {"method": str, "adapter": dict, "targets": list, "base_model": dict, "tensors": list,
+                      "modules_to_save": list}
+    for key, typ in expected_types.items():
+        if not isinstance(meta.get(key), typ):
+            raise CheckpointError(
+                f"'{cfg_file}': entry '{key}' is missing or not a {typ.__name__}; the file is damaged"
+            )
+    base = meta["base_model"]
+    if not isinstance(base.get("fingerprint"), str) or not isinstance(base.get("num_parameters"), int):
+        raise CheckpointError(f"'{cfg_file}': base_model lacks its fingerprint or parameter count; the file is damaged")
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
@@ -244,6 +268,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_base: bool
 
     The model is left untouched if anything is wrong with the checkpoint or the base.
     """
+    if not isinstance(model, nn.Module):
+        raise RobustfeatError(
+            f"load_adapters(model, path) takes the base model first, got {type(model).__name__}"
+        )
     meta, tensors = read_checkpoint(path)
     if has_adapters(model):
         raise RobustfeatError("this model already has adapters; load into a fresh base model")
@@ -254,14 +282,22 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_base: bool
 
         to_save = tuple(meta.get("modules_to_save", []))
         found = fingerprint(model, exclude=to_save)
-        if found != base.get("fingerprint"):
+        if found != base["fingerprint"]:
             n = sum(p.numel() for n, p in model.named_parameters() if not _under(n, to_save))
+            got = structure(model, exclude=to_save)
+            if got["shapes"] == base.get("shapes") and got["dtypes"] != base.get("dtypes"):
+                why = (f"it has the same architecture but dtype {'/'.join(got['dtypes'])} instead of "
+                       f"{'/'.join(base.get('dtypes', []))}; load the base in that dtype, then cast")
+            elif got["shapes"] == base.get("shapes"):
+                why = "it has the same architecture but other weights"
+            else:
+                why = "it is another architecture"
             raise BaseModelMismatchError(
                 f"checkpoint '{path}' was trained on base '{base.get('id')}' "
-                f"({base.get('class')}, {base.get('num_parameters'):,} parameters, fingerprint "
-                f"{str(base.get('fingerprint'))[:12]}), but the model given is a "
-                f"{type(model).__name__} with {n:,} parameters and fingerprint {found[:12]}. "
-                "Load the base model it was trained on (or pass check_base=False to force)."
+                f"({base.get('class')}, {base['num_parameters']:,} parameters, fingerprint "
+                f"{base['fingerprint'][:12]}), but the model given ({type(model).__name__}, {n:,} "
+                f"parameters, fingerprint {found[:12]}) differs: {why}. Load the base model it was "
+                "trained on (or pass check_base=False to force)."
             )
     inject_adapters(model, config)
     try:

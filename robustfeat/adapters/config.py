@@ -75,8 +75,10 @@ class AdapterConfig:
         self.alpha = float(self.alpha)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ConfigError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32
+        ):
+            raise ConfigError(f"seed must be an integer in [0, 2**32) or None, got {self.seed!r}")
         if isinstance(self.target_modules, str) and self.target_modules not in TARGET_KEYWORDS:
             try:
                 re.compile(self.target_modules)

@@ -49,6 +49,54 @@ class LayerKind:
 
     def check(self, layer: nn.Module, name: str) -> None:
         """Raise UnsupportedError when this particular layer cannot be adapted."""
+        from torch.nn.utils import parametrize
+
+        if parametrize.is_parametrized(layer) or not isinstance(getattr(layer, "weight", None), nn.Parameter):
+            raise UnsupportedError(
+                f"'{name}' has a parametrized or computed weight (e.g. weight norm); merging into it "
+                "would be lost. Remove the parametrization or leave the layer out of target_modules."
+            )
+        if layer._forward_pre_hooks:
+            raise UnsupportedError(
+                f"'{name}' has forward pre-hooks (old-style weight norm or similar) that may rewrite its "
+                "weight; adapters cannot be merged into it. Leave it out of target_modules."
+            )
+        if self.custom_forward(layer) and not self._probe(layer):
+            raise UnsupportedError(
+                f"'{name}' is a {type(layer).__name__} whose own forward is not a plain "
+                f"{self.name} operation of its weight (e.g. weight standardisation), so adapters "
+                "could not be merged exactly. Leave it out of target_modules."
+            )
+
+    def custom_forward(self, layer: nn.Module) -> bool:
+        """Whether ``layer`` is a subclass that overrides its parent's forward."""
+        base = self.module_type()
+        return base is not None and type(layer).forward is not base.forward
+
+    def probe_input(self, layer: nn.Module, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(2, self.info(layer).d_in, generator=g)
+
+    @torch.no_grad()
+    def _probe(self, layer: nn.Module) -> bool:
+        """A custom forward is accepted when it is linear in the weight and commutes with a
+        mixing of input features, the two facts every merge relies on."""
+        w = layer.weight.detach()
+        if w.device.type != "cpu" or w.dtype != torch.float32:
+            return True  # the probe needs a float32 CPU layer; trust the registered kind otherwise
+        g = torch.Generator().manual_seed(0)
+        x = self.probe_input(layer, g)
+        w2 = torch.randn(w.shape, generator=g)
+        d_in = self.info(layer).d_in
+        m = torch.randn(d_in, d_in, generator=g) / d_in**0.5
+
+        def f(inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            return self.base_op(layer, inp, weight)
+
+        tol = dict(rtol=1e-4, atol=1e-4)
+        linear = torch.allclose(f(x, w + w2), f(x, w) + f(x, w2), **tol)
+        w_mixed = self.from_oik(torch.einsum("oik,ij->ojk", self.as_oik(w), m), w)  # W M
+        commutes = torch.allclose(f(self.feature_linear(x, m), w), f(x, w_mixed), **tol)
+        return linear and commutes
 
     def as_oik(self, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -64,6 +112,16 @@ class LayerKind:
         return v
 
     def base_op(self, layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's own operation with ``weight`` and no bias."""
+        if self.custom_forward(layer):
+            # A subclass with its own forward (e.g. static 'same' padding): run that forward
+            # with the weight swapped, so its logic is reused, not re-implemented.
+            from torch.func import functional_call
+
+            return functional_call(layer, {"weight": weight, "bias": None}, (x,))
+        return self.plain_op(layer, x, weight)
+
+    def plain_op(self, layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight)
 
     def shift_is_exact(self, layer: nn.Module) -> bool:
@@ -131,6 +189,7 @@ class Conv2dKind(LayerKind):
         )
 
     def check(self, layer: nn.Module, name: str) -> None:
+        super().check(layer, name)
         if layer.groups != 1:
             raise UnsupportedError(
                 f"'{name}' is a grouped or depthwise Conv2d (groups={layer.groups}); "
@@ -150,19 +209,22 @@ class Conv2dKind(LayerKind):
     def broadcast(self, v: torch.Tensor) -> torch.Tensor:
         return v[:, None, None]  # (C,) -> (C, 1, 1) against (N, C, H, W)
 
-    def base_op(self, layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if type(layer).forward is nn.Conv2d.forward:
-            return layer._conv_forward(x, weight, None)
-        # A subclass with its own forward (e.g. static 'same' padding): run that forward
-        # with the weight swapped, so its padding logic is reused, not re-implemented.
-        from torch.func import functional_call
+    def plain_op(self, layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return layer._conv_forward(x, weight, None)
 
-        return functional_call(layer, {"weight": weight, "bias": None}, (x,))
+    def probe_input(self, layer: nn.Module, g: torch.Generator) -> torch.Tensor:
+        side = 2 * max(layer.kernel_size) * max(layer.dilation) + 3
+        return torch.randn(1, layer.in_channels, side, side, generator=g)
 
     def shift_is_exact(self, layer: nn.Module) -> bool:
-        # Zero padding is applied after the input shift, so border outputs would miss
-        # the shift's contribution; only unpadded pointwise convolutions are exact.
-        return tuple(layer.kernel_size) == (1, 1) and tuple(layer.padding) == (0, 0)
+        # Zero padding is applied after the input shift, so border outputs would miss the
+        # shift's contribution. Unpadded layers, and padding that copies values
+        # (reflect, replicate, circular), fold the shift exactly.
+        if self.custom_forward(layer):
+            return tuple(layer.kernel_size) == (1, 1) and tuple(layer.padding) == (0, 0)
+        unpadded = layer.padding == "valid" or all(p == 0 for p in layer.padding) or (
+            layer.padding == "same" and tuple(layer.kernel_size) == (1, 1))
+        return unpadded or layer.padding_mode != "zeros"
 
 
 def layer_kind(module: nn.Module) -> LayerKind | None:

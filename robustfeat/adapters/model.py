@@ -33,6 +33,7 @@ class AdapterState:
     modules_to_save: list[str]
     base_fingerprint: str
     base_num_parameters: int
+    base_structure: dict = field(default_factory=dict)
     requires_grad_before: dict[str, bool] = field(repr=False, default_factory=dict)
 
 
@@ -56,17 +57,18 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     Returns the same model object. ``modules_to_save`` stay trainable. Nothing is
     changed if any check fails.
     """
-    from robustfeat.adapters.checkpoint import fingerprint  # checkpoint imports this module
+    from robustfeat.adapters.checkpoint import fingerprint, structure  # checkpoint imports this module
 
     if not isinstance(config, AdapterConfig):
         raise RobustfeatError(f"config must be an AdapterConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise RobustfeatError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if has_adapters(model):
+    if has_adapters(model) or any(_is_adapter_layer(m) for m in model.modules()):
         raise RobustfeatError(
-            "this model already has robustfeat adapters; call merge_and_unload(model) or "
-            "remove_adapters(model) first, or start from a fresh model"
+            "this model already has adapters (robustfeat's or PEFT's); call merge_and_unload(model) "
+            "or remove_adapters(model) first, or start from a fresh model"
         )
+    config = AdapterConfig.from_dict(config.to_dict())  # our own copy: later edits cannot corrupt it
     method = ADAPTERS.get(config.method)
     to_save = resolve_modules(model, config.modules_to_save, "modules_to_save")
     targets = find_targets(model, config, method.layer_kinds, method.default_targets) if method.uses_targets else []
@@ -75,6 +77,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
 
     exclude = tuple(to_save)
     digest = fingerprint(model, exclude=exclude)
+    struct = structure(model, exclude=exclude)  # before wrapping renames the weights
     n_base = sum(p.numel() for n, p in model.named_parameters() if not _under(n, exclude))
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     train_all = method.trainable_by_default()
@@ -93,10 +96,17 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         modules_to_save=to_save,
         base_fingerprint=digest,
         base_num_parameters=n_base,
+        base_structure=struct,
         requires_grad_before=before,
     )
     log.info("injected %s into %d layers", config.method, len(targets))
     return model
+
+
+def _is_adapter_layer(m: nn.Module) -> bool:
+    from robustfeat.adapters.base import AdapterLayer
+
+    return isinstance(m, AdapterLayer) or type(m).__module__.startswith("peft.tuners")
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -144,12 +154,16 @@ def enable_adapters(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """``with adapters_disabled(model): base_out = model(x)``."""
+    """``with adapters_disabled(model): base_out = model(x)``; a merged model is merged
+    again on exit."""
+    merged = any(h.merged for _, h in _handles(model))
     disable_adapters(model)
     try:
         yield model
     finally:
         enable_adapters(model)
+        if merged:
+            merge_adapters(model)
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
@@ -179,6 +193,7 @@ def _drop_state(model: nn.Module, state: AdapterState) -> None:
     for n, p in model.named_parameters():
         p.requires_grad_(state.requires_grad_before.get(n, p.requires_grad))
     del model.__dict__[STATE_ATTR]
+    model.__dict__.pop("peft_config", None)  # left by PEFT's tuners (ia3, vera)
 
 
 def count_trainable(model: nn.Module) -> int:

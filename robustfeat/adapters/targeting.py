@@ -61,6 +61,7 @@ def find_targets(
     spec = config.target_modules if config.target_modules is not None else default
     modules = dict(model.named_modules())
     modules.pop("", None)
+    shared = _shared(model)
     protected = list(config.modules_to_save) + list(config.exclude_modules)
     heads = _output_heads(model)
 
@@ -78,7 +79,7 @@ def find_targets(
                 continue
             if under_any(path, protected, modules) or path in heads:
                 continue
-            if path.rsplit(".", 1)[-1] in HEAD_NAMES:
+            if path.rsplit(".", 1)[-1] in HEAD_NAMES or _why_not(model, path, module, shared):
                 continue
             try:
                 kind.check(module, path)
@@ -115,6 +116,9 @@ def find_targets(
                 f"which adapters cannot wrap; supported layer types: "
                 f"{', '.join(supported_layer_names())}. Name its Linear/Conv children instead."
             )
+        why = _why_not(model, path, module, shared)
+        if why:
+            raise UnsupportedError(why)
         if kind.name not in layer_kinds:
             raise UnsupportedError(
                 f"target '{path}' is a {kind.name} layer, which this method does not "
@@ -127,6 +131,28 @@ def find_targets(
             "every target is also listed in modules_to_save or exclude_modules; nothing to adapt"
         )
     return found
+
+
+def _shared(model: nn.Module) -> set[int]:
+    """ids of modules and weights reachable under more than one name (tied weights)."""
+    from collections import Counter
+
+    counts = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    counts.update(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    return {k for k, n in counts.items() if n > 1}
+
+
+def _why_not(model: nn.Module, path: str, module: nn.Module, shared: set[int]) -> str | None:
+    """Why a layer of a supported type still cannot be adapted, or None."""
+    if id(module) in shared or id(getattr(module, "weight", None)) in shared:
+        return (f"'{path}' shares its weight with another module (tied weights); merging into it "
+                "would change the other module too. Leave it out of target_modules.")
+    parent_path = path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if isinstance(parent, nn.MultiheadAttention):
+        return (f"'{path}' is the output projection inside nn.MultiheadAttention, whose forward "
+                "reads its weight directly, so a wrapper would be bypassed. Leave it out.")
+    return None
 
 
 def _output_heads(model: nn.Module) -> set[str]:

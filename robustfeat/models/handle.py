@@ -1,0 +1,84 @@
+"""ModelHandle: one interface over every model family.
+
+A handle owns the ``nn.Module`` and knows how to turn raw examples (a Table slice) into
+model inputs, what the task output is, and which representation the drift probes read:
+
+* ``preprocess(table) -> inputs``: tokenise text, resize and normalise images;
+* ``logits(inputs)``: the task output (class logits, or next-token logits for causal LMs);
+* ``loss(inputs, table)``: the training loss for the family;
+* ``features(inputs, layers=None) -> {layer: (N, D)}``: pooled representations per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustfeat.data.table import Table
+
+
+@dataclass
+class ModelInfo:
+    """What ``robustfeat ls models`` shows and checkpoints record."""
+
+    name: str
+    family: str  # text-classifier | causal-lm | image-classifier
+    source: str  # where the weights load from
+    num_parameters: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelHandle:
+    family: ClassVar[str] = ""
+    #: target_modules used when the user names none
+    default_targets: ClassVar[list[str] | str] = "all-linear"
+
+    def __init__(self, model: nn.Module, info: ModelInfo, head: list[str]) -> None:
+        self.model = model
+        self.info = info
+        #: modules trained in full next to adapters (new task heads); modules_to_save
+        self.head = head
+        info.num_parameters = sum(p.numel() for p in model.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> ModelHandle:
+        self.model.to(device)
+        return self
+
+    # --- family-specific ------------------------------------------------------------------
+    def preprocess(self, table: Table) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, inputs: dict[str, torch.Tensor], table: Table) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, inputs: dict[str, torch.Tensor], layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def labels(self, table: Table) -> torch.Tensor:
+        return torch.as_tensor(table["label"], dtype=torch.long, device=self.device)
+
+    def eval_sums(self, inputs: dict[str, torch.Tensor], table: Table) -> dict[str, float]:
+        """Per-batch sums for the validation metric (accuracy by default)."""
+        pred = self.logits(inputs).argmax(-1).cpu().numpy()
+        return {"correct": float((pred == table["label"]).sum()), "count": float(len(table))}
+
+    def metric(self, totals: dict[str, float]) -> tuple[str, float]:
+        return "accuracy", totals["correct"] / max(totals["count"], 1.0)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(N, T, D) -> (N, D), averaging over real tokens only."""
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -1,0 +1,95 @@
+"""Text families on top of ``transformers``: encoders with a sequence-classification
+head, and causal language models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustfeat.data.table import Table
+from robustfeat.models.handle import ModelHandle, ModelInfo, mean_pool
+
+
+class TextClassifier(ModelHandle):
+    """Any ``AutoModelForSequenceClassification``; features are mean-pooled hidden states
+    (``embedding`` is the last layer's, the sentence-embedding of MiniLM-style models)."""
+
+    family = "text-classifier"
+    default_targets = ["query", "value"]
+
+    def __init__(self, model, tokenizer, info: ModelInfo, max_length: int = 128) -> None:
+        head = [n for n in ("classifier", "score") if _has(model, n)]
+        super().__init__(model, info, head)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def preprocess(self, table: Table) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer([str(t) for t in table["text"]], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def logits(self, inputs):
+        return self.model(**inputs).logits
+
+    def loss(self, inputs, table):
+        return F.cross_entropy(self.logits(inputs), self.labels(table))
+
+    def features(self, inputs, layers=None):
+        out = self.model.base_model(**inputs, output_hidden_states=True)
+        hidden = out.hidden_states  # embeddings + one per layer
+        feats = {f"layer{i}": mean_pool(h, inputs.get("attention_mask")) for i, h in enumerate(hidden)}
+        feats["embedding"] = feats[f"layer{len(hidden) - 1}"]
+        return {k: v for k, v in feats.items() if layers is None or k in layers}
+
+
+class CausalLM(ModelHandle):
+    """Any ``AutoModelForCausalLM``: next-token loss on the ``text`` column; the score is
+    perplexity."""
+
+    family = "causal-lm"
+    default_targets = ["q_proj", "v_proj"]
+
+    def __init__(self, model, tokenizer, info: ModelInfo, max_length: int = 128) -> None:
+        super().__init__(model, info, head=[])
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def preprocess(self, table: Table) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer([str(t) for t in table["text"]], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def logits(self, inputs):
+        return self.model(**inputs).logits
+
+    def _token_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(inputs)[:, :-1]
+        target = inputs["input_ids"][:, 1:]
+        mask = inputs["attention_mask"][:, 1:].to(logits.dtype)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none")
+        return (nll.view_as(mask) * mask).sum(), mask.sum()
+
+    def loss(self, inputs, table):
+        total, count = self._token_nll(inputs)
+        return total / count.clamp(min=1.0)
+
+    def eval_sums(self, inputs, table) -> dict[str, float]:
+        total, count = self._token_nll(inputs)
+        return {"nll": float(total), "tokens": float(count)}
+
+    def metric(self, totals):
+        return "perplexity", float(np.exp(totals["nll"] / max(totals["tokens"], 1.0)))
+
+    def features(self, inputs, layers=None):
+        out = self.model.base_model(**inputs, output_hidden_states=True)
+        feats = {f"layer{i}": mean_pool(h, inputs.get("attention_mask")) for i, h in enumerate(out.hidden_states)}
+        return {k: v for k, v in feats.items() if layers is None or k in layers}
+
+
+def _has(model: Any, name: str) -> bool:
+    return any(n == name for n, _ in model.named_children())
