@@ -23,9 +23,20 @@ help:
 	@echo "make bench       training-step and merged-inference benchmark vs PEFT LoRA"
 	@echo "make clean       remove the virtual environment"
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/no-deps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/no-deps.txt
+	@if [ ! -f $(FASHION_MNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	  else \
+	    echo "note: fashion-mnist needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)"; \
+	  fi; \
+	fi
 	@touch $@
 
 install: $(STAMP)

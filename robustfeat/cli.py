@@ -79,6 +79,42 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from robustfeat.data.api import load_dataset, prepare_dataset
+
+    folder = prepare_dataset(args.name, force=args.force, progress=not args.no_progress)
+    bundle = load_dataset(args.name, progress=False)
+    rows = [(split, f"{len(t):,}") for split, t in bundle.splits.items()]
+    print(f"{args.name}: cached in {folder}")
+    print(format_table(("split", "rows"), rows))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from robustfeat.train import TrainConfig, finetune
+
+    fields = ("model", "data", "method", "rank", "alpha", "dropout", "epochs", "lr", "batch_size", "max_examples",
+              "max_eval_examples", "seed", "image_size", "max_length", "text_column", "checkpoint_every")
+    kw = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if args.targets:
+        kw["targets"] = args.targets[0] if len(args.targets) == 1 and args.targets[0].startswith("all-") else args.targets
+    if args.shift:
+        kw["shift"] = True
+    config = TrainConfig(**kw)
+    result = finetune(config, args.out, device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    rec = result.record
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+    print(f"checkpoint: {result.out}{resumed}")
+    print(format_table(("field", "value"), [
+        ("method", f"{config.method} on {rec['model']['name']} ({rec['model']['trainable_parameters']:,} trainable)"),
+        ("data", f"{rec['data']['name']} ({rec['data']['provenance']['rows']['train']:,} training examples)"),
+        ("steps", f"{result.steps} at lr {rec['learning_rate']:g}"),
+        (f"validation {result.metric}", f"{result.value:.4f} on {rec['validation']['examples']:,} examples"),
+        ("train time", f"{rec['train_time_s']:.1f} s, peak memory {rec['peak_rss_mb']:.0f} MB"),
+    ]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustfeat import __version__
 
@@ -98,6 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat")
     info.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     info.set_defaults(func=cmd_info)
+
+    data = sub.add_parser("data", help="prepare datasets into the local cache")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    prep = dsub.add_parser("prepare", help="fetch a registered dataset into the cache, with checksums")
+    prep.add_argument("name", help="dataset name (robustfeat ls datasets)")
+    prep.add_argument("--force", action="store_true", help="fetch again even if cached")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(func=cmd_data)
+
+    ft = sub.add_parser("finetune", help="fine-tune a model with one method and write a checkpoint folder")
+    ft.add_argument("--model", required=True, help="zoo name (ls models), local transformers folder, hf:ID, torchvision:NAME")
+    ft.add_argument("--data", required=True, help="dataset name (ls datasets), CSV/JSON file or image folder")
+    ft.add_argument("--method", required=True, help="adapter method (ls adapters)")
+    ft.add_argument("--targets", nargs="+", help="target module names, a regex, or all-linear / all-conv")
+    ft.add_argument("--rank", type=int, help="rank r (lora, lorfa, vera; default 8)")
+    ft.add_argument("--alpha", type=float, help="scale numerator, update times alpha/rank (default 16)")
+    ft.add_argument("--dropout", type=float, help="adapter dropout (default 0)")
+    ft.add_argument("--shift", action="store_true", help="vefa: also learn a shift")
+    ft.add_argument("--epochs", type=float, help="passes over the training data (default 1)")
+    ft.add_argument("--lr", type=float, help="learning rate (default: the method's, see ls adapters)")
+    ft.add_argument("--batch-size", type=int, help="examples per step (default 32)")
+    ft.add_argument("--max-examples", type=int, help="use at most N training examples")
+    ft.add_argument("--max-eval-examples", type=int, help="cap validation/test examples (default 1000)")
+    ft.add_argument("--seed", type=int, help="seed for data order, splits and init (default 0)")
+    ft.add_argument("--image-size", type=int, help="image side in px (default: the model's native size)")
+    ft.add_argument("--max-length", type=int, help="max tokens per text (default 128)")
+    ft.add_argument("--text-column", help="text column of a CSV/JSON dataset")
+    ft.add_argument("--checkpoint-every", type=int, help="save resumable state every N steps (default 50)")
+    ft.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
+    ft.add_argument("--out", required=True, help="output folder for the checkpoint")
+    ft.add_argument("--overwrite", action="store_true", help="replace a finished checkpoint in --out")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ft.set_defaults(func=cmd_finetune)
     return p
 
 

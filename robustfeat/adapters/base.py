@@ -52,7 +52,7 @@ class AdapterMethod:
     layer_kinds: ClassVar[frozenset[str]] = ALL_KINDS
     default_targets: ClassVar[str] = "all-linear"
     #: learning rate ``robustfeat finetune`` uses when none is given (see the README)
-    default_lr: ClassVar[float] = 5e-4
+    default_lr: ClassVar[float] = 2e-3
     uses_targets: ClassVar[bool] = True
     supports_disable: ClassVar[bool] = True
     #: Extra config variants the generated contract tests also run, e.g. [{"shift": True}].

@@ -42,7 +42,7 @@ class _NoLayers(AdapterMethod):
 class FullFineTuning(_NoLayers):
     name = "full"
     summary = "full fine-tuning: every weight of the model is trained"
-    default_lr = 2e-5
+    default_lr = 5e-5
     formula = "all parameters of the model"
 
     @classmethod
@@ -55,7 +55,7 @@ class LinearProbe(_NoLayers):
     name = "linear"
     summary = "head only (linear probe): the base is frozen, modules_to_save are trained"
     formula = "parameters of modules_to_save only"
-    default_lr = 1e-3
+    default_lr = 1e-2
 
     @classmethod
     def validate_config(cls, config: AdapterConfig) -> None:
@@ -129,7 +129,7 @@ class IA3Bridge(_PeftBridge):
     name = "ia3"
     summary = "PEFT IA3: learned output scaling diag(l) @ W0 (the row-space twin of vefa)"
     formula = "d_out per layer"
-    default_lr = 5e-3
+    default_lr = 2e-2
     peft_type = "IA3"
 
     @classmethod
@@ -153,7 +153,7 @@ class VeRABridge(_PeftBridge):
     name = "vera"
     summary = "PEFT VeRA: frozen shared random A, B with trained vectors, diag(b) B diag(d) A"
     formula = "r + d_out per layer (A, B frozen and shared)"
-    default_lr = 5e-3
+    default_lr = 2e-2
     options = frozenset({"rank", "dropout"})
     layer_kinds = frozenset({"linear", "conv1d-transposed"})
     peft_type = "VERA"

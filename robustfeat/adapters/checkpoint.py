@@ -172,7 +172,9 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, *, base_id: str | N
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint is shared like any folder
     try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "robustfeat": FORMAT})
+        # one metadata key only: safetensors writes metadata in hash-map order, which varies
+        # between processes, and checkpoints must be byte-identical for the same seed
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

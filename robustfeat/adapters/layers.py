@@ -154,9 +154,13 @@ class TransposedConv1DKind(LayerKind):
     name = "conv1d-transposed"
 
     def module_type(self) -> type | None:
+        import sys
+
+        if "transformers" not in sys.modules:  # no Conv1D can exist without it: skip the import
+            return None
         try:
             from transformers.pytorch_utils import Conv1D
-        except ImportError:  # transformers is optional for this kind
+        except ImportError:
             return None
         return Conv1D
 
@@ -189,13 +193,13 @@ class Conv2dKind(LayerKind):
         )
 
     def check(self, layer: nn.Module, name: str) -> None:
-        super().check(layer, name)
         if layer.groups != 1:
             raise UnsupportedError(
                 f"'{name}' is a grouped or depthwise Conv2d (groups={layer.groups}); "
                 "adapters need groups == 1. Leave it out of target_modules "
                 "(the keyword 'all-conv' skips such layers)."
             )
+        super().check(layer, name)
 
     def as_oik(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.flatten(2)  # (out, in, kh, kw) -> (out, in, kh*kw)

@@ -24,7 +24,7 @@ class VeFALayer(AdapterLayer):
     summary = "feature-space element-wise scale of the input: W0 @ diag(lam) (lam init 1), optional shift"
     formula = "d_in per layer (2*d_in with shift)"
     options = frozenset({"shift"})
-    default_lr = 5e-3  # vector methods need a 10-100x higher rate than LoRA
+    default_lr = 2e-2  # vector methods need a 10-100x higher rate than LoRA
     contract_variants = [{"shift": True}]
 
     @classmethod

@@ -38,4 +38,11 @@ def subsample(table: Table, n: int, seed: int, by: list[str]) -> Table:
     """At most ``n`` rows, stratified, deterministic."""
     if n >= len(table):
         return table
-    return stratified_split(table, {"keep": n, "rest": len(table) - n}, seed, by)["keep"]
+    # Each row's rank within its stratum, as a fraction: taking the n smallest keeps every
+    # stratum's share (to within one row) and gives exactly n rows.
+    rng = np.random.default_rng(seed)
+    position = np.empty(len(table))
+    for _, idx in _groups(table, by).items():
+        position[idx[rng.permutation(len(idx))]] = (np.arange(len(idx)) + 0.5) / len(idx)
+    keep = np.lexsort((rng.random(len(table)), position))[:n]
+    return table.select(np.sort(keep))

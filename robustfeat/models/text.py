@@ -5,12 +5,35 @@ from __future__ import annotations
 
 from typing import Any
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from robustfeat.data.table import Table
 from robustfeat.models.handle import ModelHandle, ModelInfo, mean_pool
+
+
+class MeanPoolClassifier(nn.Module):
+    """A transformers encoder with a linear head on the mean-pooled last hidden state: the
+    natural head for sentence encoders trained with mean pooling (sentence-transformers)."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.config = encoder.config
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.encoder
+
+    def forward(self, input_ids=None, attention_mask=None, **kw) -> SimpleNamespace:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        return SimpleNamespace(logits=self.classifier(self.dropout(mean_pool(hidden, attention_mask))))
 
 
 class TextClassifier(ModelHandle):

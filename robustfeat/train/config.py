@@ -17,9 +17,11 @@ class TrainConfig:
     data: str = field(metadata={"help": "registered dataset name or a path (CSV/JSON, image folder)"})
     method: str = field(metadata={"help": "adapter method (robustfeat ls adapters)"})
     targets: list[str] | str | None = field(default=None, metadata={"help": "target_modules; default: the model's"})
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    # Adapter hyper-parameters: None means the AdapterConfig default; giving one that the
+    # method does not read is an error (AdapterConfig says which fields it reads).
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
     shift: bool = False
     epochs: float = 1.0
     lr: float | None = field(default=None, metadata={"help": "learning rate; default: the method's (ls adapters)"})
@@ -38,7 +40,7 @@ class TrainConfig:
         for name in ("model", "data", "method"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        positive_int = ("rank", "batch_size", "max_length", "checkpoint_every")
+        positive_int = ("batch_size", "max_length", "checkpoint_every")
         for name in positive_int:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:

@@ -1,0 +1,341 @@
+"""The fine-tuning loop: ``finetune(config, out)`` -> a checkpoint folder.
+
+Deterministic (the same seed gives the same checkpoint bit for bit on the CPU),
+resumable (state saved every ``checkpoint_every`` steps, without pickle), and it never
+overwrites a finished checkpoint unless asked to.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustfeat.adapters import AdapterConfig, adapter_state_dict, count_trainable, inject_adapters, save_adapters
+from robustfeat.adapters.checkpoint import CONFIG_NAME, _versions
+from robustfeat.data.api import DatasetBundle, load_dataset
+from robustfeat.data.table import Table
+from robustfeat.errors import RobustfeatError
+from robustfeat.models.handle import ModelHandle
+from robustfeat.models.zoo import load_model
+from robustfeat.registry import ADAPTERS
+from robustfeat.train.config import TrainConfig
+from robustfeat.train.state import STATE_DIR, clear_state, load_state, read_meta, save_state
+
+log = logging.getLogger(__name__)
+RUN_FILE = "robustfeat.json"
+RUN_FORMAT = "robustfeat.run"
+
+#: which model families can learn from which dataset tasks
+COMPATIBLE = {
+    "text-classifier": {"text-classification"},
+    "causal-lm": {"text", "text-classification"},
+    "image-classifier": {"image-classification"},
+}
+
+
+class TrainingError(RobustfeatError):
+    """Training cannot start or went wrong (diverged, bad output folder, ...)."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metric: str
+    value: float
+    steps: int
+    resumed_from: int
+    record: dict[str, Any]
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise TrainingError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+
+
+def check_output(out: Path, digest: str, overwrite: bool) -> bool:
+    """Decide what to do with ``out``: returns True to resume an interrupted run."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise TrainingError(f"'{out}' exists and is not a folder; choose another --out")
+    if (out / RUN_FILE).exists():
+        if overwrite:
+            return False
+        raise TrainingError(f"'{out}' already holds a finished checkpoint; pass --overwrite to replace it "
+                            "or choose another --out")
+    meta = read_meta(out)
+    if meta is not None:
+        if meta.get("digest") == digest and not overwrite:
+            return True
+        if not overwrite:
+            raise TrainingError(f"'{out}' holds an interrupted run with a different configuration; pass "
+                                "--overwrite to discard it, or rerun with the same options to resume it")
+        return False
+    if any(p for p in out.iterdir() if not p.name.startswith(STATE_DIR)):
+        raise TrainingError(f"'{out}' is a non-empty folder that is not a robustfeat run; choose another --out")
+    return False
+
+
+def git_revision() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """``model.train()``, except that normalisation layers whose weights are frozen keep
+    their running statistics: they belong to the frozen base, and updating them would
+    change the base behind the adapters' back (and break eval-mode outputs)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters(recurse=False)):
+            m.eval()
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's shuffled batches; a pure function of (seed, epoch), so resuming needs
+    no sampler state."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
+    """Linear warm-up, then linear decay to zero."""
+    warm = max(1, int(round(total * warmup_ratio)))
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * max(0.0, (total - step) / max(1, total - warm))
+
+
+@torch.no_grad()
+def evaluate(handle: ModelHandle, table: Table, batch_size: int = 64) -> tuple[str, float, int]:
+    """The family's validation metric on ``table``: (name, value, examples)."""
+    modes = {m: m.training for m in handle.model.modules()}
+    handle.model.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(table), batch_size):
+        part = table.select(slice(start, start + batch_size))
+        for k, v in handle.eval_sums(handle.preprocess(part), part).items():
+            totals[k] = totals.get(k, 0.0) + v
+    for m, mode in modes.items():
+        m.training = mode
+    name, value = handle.metric(totals)
+    return name, value, len(table)
+
+
+def adapter_kwargs(config: TrainConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {name: getattr(config, name) for name in ("rank", "alpha", "dropout")
+                          if getattr(config, name) is not None}
+    if config.shift:
+        kw["shift"] = True
+    return kw
+
+
+def preflight(config: TrainConfig) -> None:
+    """Cheap checks of every name and option before anything heavy is loaded."""
+    from robustfeat.registry import DATASETS, MODELS
+
+    # names, values and contradictions (the head's real name is known once the model loads)
+    AdapterConfig(method=config.method, modules_to_save=["head"], **adapter_kwargs(config))
+    m = config.model
+    if m not in MODELS and not m.startswith(("hf:", "torchvision:")) and not (Path(m).expanduser() / "config.json").is_file():
+        from robustfeat.errors import UnknownNameError
+
+        raise UnknownNameError(f"{MODELS.unknown_message(m)} Or pass a local transformers folder, hf:ID or torchvision:NAME.")
+    d = config.data
+    if d not in DATASETS and not d.startswith("hf:") and not Path(d).expanduser().exists():
+        from robustfeat.errors import UnknownNameError
+
+        raise UnknownNameError(f"{DATASETS.unknown_message(d)} Or give a CSV/JSON file, an image folder or hf:ID.")
+
+
+def build(config: TrainConfig, device: torch.device, progress: bool = True) -> tuple[ModelHandle, DatasetBundle, AdapterConfig]:
+    """Load the data and the model and inject the adapters, as the run (and a reload) needs."""
+    method = ADAPTERS.get(config.method)
+    data = load_dataset(config.data, seed=config.seed, max_examples=config.max_examples,
+                        max_eval_examples=config.max_eval_examples, text_column=config.text_column,
+                        progress=progress)
+    handle = load_model(config.model, num_labels=max(data.num_labels, 2), seed=config.seed,
+                        max_length=config.max_length, image_size=config.image_size)
+    if data.task not in COMPATIBLE[handle.info.family]:
+        fits = " or ".join(sorted(f for f, t in COMPATIBLE.items() if data.task in t))
+        raise TrainingError(
+            f"model '{config.model}' ({handle.info.family}) cannot learn dataset '{config.data}' "
+            f"({data.task}); pick a model of family {fits}"
+        )
+    handle.to(device)
+    kw = adapter_kwargs(config)
+    if method.uses_targets:
+        kw["target_modules"] = config.targets if config.targets is not None else handle.default_targets
+    adapter = AdapterConfig(method=config.method, modules_to_save=list(handle.head), seed=config.seed, **kw)
+    inject_adapters(handle.model, adapter)
+    return handle, data, adapter
+
+
+def finetune(config: TrainConfig, out: str | os.PathLike, *, device: str | None = None, overwrite: bool = False,
+             progress: bool = True, stop_after: int | None = None) -> RunResult:
+    """Fine-tune and write a checkpoint folder to ``out``. ``stop_after`` stops after that
+    many steps, leaving resumable state (used to test resuming)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    preflight(config)
+    digest = config.digest()
+    resume = check_output(out, digest, overwrite)
+    if overwrite and out.exists() and not resume:
+        clear_state(out)
+    dev = pick_device(device)
+    torch.manual_seed(config.seed)
+    handle, data, adapter = build(config, dev, progress)
+    model = handle.model
+    method = ADAPTERS.get(config.method)
+    lr = config.lr if config.lr is not None else method.default_lr
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    train = data["train"]
+    per_epoch = math.ceil(len(train) / config.batch_size)
+    total = max(1, math.ceil(config.epochs * per_epoch))
+    tensors = adapter_state_dict(model)
+    curve: list[dict[str, float]] = []
+    step = start = 0
+    elapsed = 0.0
+    if resume:
+        meta = load_state(out, tensors, optimizer)
+        step = start = int(meta["step"])
+        curve, elapsed = meta["curve"], float(meta["elapsed"])
+        log.info("resuming %s from step %d", out, step)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_mode(model)
+    t0 = time.perf_counter()
+    seen = 0
+    bar = tqdm(total=total, initial=step, desc=f"{config.method} {handle.info.name}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    while step < total:
+        epoch, i = divmod(step, per_epoch)
+        idx = batches(len(train), config.batch_size, config.seed, epoch)[i]
+        part = train.select(np.sort(idx))
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, total, lr, config.warmup_ratio)
+        optimizer.zero_grad(set_to_none=True)
+        loss = handle.loss(handle.preprocess(part), part)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} at step {step}; lower the learning rate "
+                                f"(now {lr:g}) or check the data")
+        loss.backward()
+        optimizer.step()
+        step += 1
+        seen += len(part)
+        value = loss.item()
+        curve.append({"step": step, "epoch": round(step / per_epoch, 4), "loss": round(value, 6),
+                      "lr": float(optimizer.param_groups[0]["lr"])})
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{value:.4f}", ex_per_s=f"{rate:.1f}")
+        bar.update(1)
+        if step % config.checkpoint_every == 0 or step == stop_after:
+            save_state(out, tensors, optimizer, {"step": step, "digest": digest, "curve": curve,
+                                                 "elapsed": elapsed + time.perf_counter() - t0,
+                                                 "config": config.to_dict()})
+        if stop_after is not None and step >= stop_after and step < total:
+            bar.close()
+            raise KeyboardInterrupt(f"stopped after step {step} (stop_after)")
+    bar.close()
+    train_time = elapsed + time.perf_counter() - t0
+    metric, value, n_val = evaluate(handle, data["validation"])
+    record = {
+        "format": RUN_FORMAT,
+        "format_version": 1,
+        "config": config.to_dict(),
+        "config_digest": digest,
+        "adapter": adapter.to_dict(),
+        "learning_rate": lr,
+        "model": {"name": handle.info.name, "family": handle.info.family, "source": handle.info.source,
+                  "num_parameters": handle.info.num_parameters, "trainable_parameters": count_trainable(model),
+                  **handle.info.extra},
+        "data": {"name": data.name, "task": data.task, "fingerprint": data.fingerprint,
+                 "label_names": data.label_names, "provenance": data.provenance},
+        "seed": config.seed,
+        "device": str(dev),
+        "steps": total,
+        "resumed_from_step": start,
+        "curve": curve,
+        "validation": {"metric": metric, "value": value, "examples": n_val},
+        "train_time_s": round(train_time, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": _versions(),
+        "git_revision": git_revision(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_final(model, out, record, handle.info.name)
+    return RunResult(out, metric, value, total, start, record)
+
+
+def _write_final(model: torch.nn.Module, out: Path, record: dict[str, Any], base_id: str) -> None:
+    """Checkpoint files and the run record appear together: written beside ``out`` and
+    swapped in, then the resumable state is dropped."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ckpt = save_adapters(model, tmp / "ckpt", base_id=base_id)
+        (ckpt / RUN_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
+        for f in ckpt.iterdir():
+            os.replace(f, out / f.name)
+        clear_state(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert (out / CONFIG_NAME).exists()
+
+
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        record = json.loads((path / RUN_FILE).read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"'{path}' has no {RUN_FILE}; it is not a finished robustfeat run") from None
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"'{path / RUN_FILE}' is damaged ({e})") from None
+    if record.get("format") != RUN_FORMAT:
+        raise TrainingError(f"'{path / RUN_FILE}' is not a robustfeat run record")
+    return record
+
+
+def load_run(path: str | os.PathLike, device: str | None = None, progress: bool = False) -> tuple[ModelHandle, DatasetBundle, dict[str, Any]]:
+    """Rebuild a finished run: the base model with its adapters loaded, and its data."""
+    from robustfeat.adapters import load_adapters, remove_adapters
+
+    record = read_run(path)
+    config = TrainConfig.from_dict(record["config"])
+    dev = pick_device(device)
+    handle, data, _ = build(config, dev, progress)
+    remove_adapters(handle.model)  # build() injected fresh ones; load the trained ones instead
+    load_adapters(handle.model, path)
+    if data.fingerprint != record["data"]["fingerprint"]:
+        raise TrainingError(f"the data of '{path}' changed since training (fingerprint differs); "
+                            f"run `robustfeat data prepare {config.data} --force` or retrain")
+    return handle, data, record
