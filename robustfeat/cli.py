@@ -183,8 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustfeat: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robustfeat: interrupted", file=sys.stderr)
+        print("robustfeat: interrupted (rerun the same command to resume a finetune)", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.ENOSPC or args.debug:
+            raise
+        print(f"robustfeat: error: out of disk space ({e.filename or 'while writing'}); free space and rerun "
+              "(nothing finished was overwritten)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,3 +138,46 @@ def test_smollm2_entry():
     with torch.no_grad():
         loss = handle.loss(handle.preprocess(table), table)
     assert float(torch.exp(loss)) < 30  # a real language model, not random weights (vocab 49,152)
+
+
+def test_local_transformers_folders_load_by_family(tmp_path):
+    text = load_model("tiny-bert", num_labels=2)
+    text.model.save_pretrained(tmp_path / "bert")
+    text.tokenizer.save_pretrained(tmp_path / "bert")
+    lm = load_model("tiny-gpt2")
+    lm.model.save_pretrained(tmp_path / "gpt2")
+    lm.tokenizer.save_pretrained(tmp_path / "gpt2")
+    loaded_text = load_model(str(tmp_path / "bert"), num_labels=2)
+    loaded_lm = load_model(str(tmp_path / "gpt2"))
+    assert loaded_text.info.family == "text-classifier" and loaded_lm.info.family == "causal-lm"
+    exercise(loaded_text)
+    exercise(loaded_lm)
+    table = sample("text-classifier")
+    with torch.no_grad():  # the same weights came back (the head included)
+        text.model.eval(), loaded_text.model.eval()
+        torch.testing.assert_close(loaded_text.logits(loaded_text.preprocess(table)), text.logits(text.preprocess(table)))
+
+
+def test_torchvision_models_without_download():
+    handle = load_model("torchvision:resnet18?weights=none", num_labels=4, image_size=32)
+    assert handle.info.family == "image-classifier" and handle.model.head.out_features == 4
+    assert handle.model.pretrained_head.out_features == 1000
+    exercise(handle)
+    with pytest.raises(UnknownNameError, match="torchvision has no model"):
+        load_model("torchvision:resnet1000?weights=none")
+
+
+def test_local_transformers_image_model(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=48, num_labels=7)
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    handle = load_model(str(tmp_path / "vit"), num_labels=3)
+    assert handle.info.family == "image-classifier" and handle.image_size == 16
+    assert handle.model.pretrained_head.out_features == 7 and handle.model.head.out_features == 3
+    exercise(handle)
+    rf.inject_adapters(handle.model, rf.AdapterConfig(method="lorfa", target_modules=["q_proj", "v_proj"],
+                                                      modules_to_save=["head"]))
+    exercise(handle)

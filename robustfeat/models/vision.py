@@ -35,7 +35,8 @@ class ImageTaskModel(nn.Module):
         self.head = nn.Linear(old.in_features, num_labels)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (N, D) pooled features
+        out = self.net(x)  # (N, D) pooled features
+        return out if isinstance(out, torch.Tensor) else out.logits  # transformers: the head's input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))

@@ -277,11 +277,42 @@ def _generic(spec: str, family: str | None, num_labels: int, seed: int, max_leng
         cfg = AutoConfig.from_pretrained(str(local) if local.exists() else path)
     except OSError as e:
         raise ModelUnavailableError(f"cannot load '{spec}': {e}") from None
-    archs = getattr(cfg, "architectures", None) or []
-    family = family or ("causal-lm" if any(a.endswith("ForCausalLM") for a in archs) else "text-classifier")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = set(getattr(cfg, "architectures", None) or [])
+    causal = archs & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())  # e.g. LlamaForCausalLM, GPT2LMHeadModel
+    vision = any(a.endswith("ForImageClassification") for a in archs)
+    family = family or ("causal-lm" if causal else "image-classifier" if vision else "text-classifier")
+    if family == "image-classifier":
+        return hf_image_classifier(str(local) if local.exists() else path, spec, num_labels, seed, image_size)
     if family == "causal-lm":
         return hf_causal_lm(str(local) if local.exists() else path, spec, max_length, source=spec)
     return hf_text_classifier(str(local) if local.exists() else path, spec, num_labels, seed, max_length, source=spec)
+
+
+def hf_image_classifier(path: str, name: str, num_labels: int, seed: int, image_size: int | None) -> ModelHandle:
+    """A transformers image classifier (ViT, ConvNeXt, ...): its own head is kept as the
+    pretrained head, a new one is added."""
+    from transformers import AutoModelForImageClassification
+
+    from robustfeat.models.vision import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, ImageTaskModel
+
+    net = AutoModelForImageClassification.from_pretrained(path)
+    head = next((n for n in ("classifier", "head", "fc") if isinstance(getattr(net, n, None), torch.nn.Linear)), None)
+    if head is None:
+        raise RobustfeatError(f"'{name}' has no Linear classifier head robustfeat knows how to keep")
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    try:  # the model's own normalisation, when its processor config is there
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(path)
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    size = image_size or int(getattr(net.config, "image_size", 224))
+    torch.manual_seed(seed)
+    return ImageClassifier(ImageTaskModel(net, head, num_labels), ModelInfo(name, "image-classifier", name),
+                           size, [], mean=mean, std=std)
 
 
 def _torchvision(name: str, num_labels: int, seed: int, image_size: int | None) -> ModelHandle:

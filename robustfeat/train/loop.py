@@ -304,7 +304,9 @@ def _write_final(model: torch.nn.Module, out: Path, record: dict[str, Any], base
     try:
         ckpt = save_adapters(model, tmp / "ckpt", base_id=base_id)
         (ckpt / RUN_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
-        for f in ckpt.iterdir():
+        # The run record marks a finished run: drop an old one first, put the new one last.
+        (out / RUN_FILE).unlink(missing_ok=True)
+        for f in sorted(ckpt.iterdir(), key=lambda p: p.name == RUN_FILE):
             os.replace(f, out / f.name)
         clear_state(out)
     finally:
