@@ -12,7 +12,7 @@ from torch import nn
 
 import robustfeat as rf
 from robustfeat.errors import BaseModelMismatchError, CheckpointError, ConfigError, RobustfeatError, UnsupportedError
-from tests.models import CASES, TinyMLP, adapter_params, perturb
+from tests.models import CASES, TinyMLP, adapter_params, perturb, to_device
 
 MLP, CNN, BERT, GPT2 = CASES
 
@@ -117,17 +117,18 @@ def test_training_a_merged_model_is_refused():
     rf.inject_adapters(model, rf.AdapterConfig(method="lora", target_modules=["up"]))
     rf.merge_adapters(model)
     model.train()
+    x = to_device(torch.randn(2, 6))
     with pytest.raises(UnsupportedError, match="unmerge_adapters"):
-        model(torch.randn(2, 6))
+        model(x)
     with torch.no_grad():
-        model(torch.randn(2, 6))  # inference is fine
+        model(x)  # inference is fine
 
 
 def test_injected_wrappers_follow_the_model_mode():
     model = MLP.model()  # eval()
     rf.inject_adapters(model, rf.AdapterConfig(method="lora", target_modules=["up"], dropout=0.5, seed=0))
     perturb(adapter_params(model))
-    x = torch.randn(4, 6)
+    x = to_device(torch.randn(4, 6))
     torch.testing.assert_close(model(x), model(x))  # no dropout in eval mode
     assert not model.up.training
 

@@ -181,3 +181,11 @@ def test_local_transformers_image_model(tmp_path):
     rf.inject_adapters(handle.model, rf.AdapterConfig(method="lorfa", target_modules=["q_proj", "v_proj"],
                                                       modules_to_save=["head"]))
     exercise(handle)
+
+
+def test_timm_models_without_download():
+    handle = load_model("timm:resnet18?weights=none", num_labels=4, image_size=32)
+    assert handle.model.pretrained_head.out_features == 1000 and handle.model.head.out_features == 4
+    exercise(handle)
+    with pytest.raises(UnknownNameError, match="timm has no model"):
+        load_model("timm:resnet1000?weights=none")

@@ -264,6 +264,8 @@ def _generic(spec: str, family: str | None, num_labels: int, seed: int, max_leng
              image_size: int | None) -> ModelHandle:
     if spec.startswith("torchvision:"):
         return _torchvision(spec.split(":", 1)[1], num_labels, seed, image_size)
+    if spec.startswith("timm:"):
+        return _timm(spec.split(":", 1)[1], num_labels, seed, image_size)
     path = spec[3:] if spec.startswith("hf:") else spec
     local = Path(path).expanduser()
     if not spec.startswith("hf:") and not (local / "config.json").is_file():
@@ -339,6 +341,37 @@ def _torchvision(name: str, num_labels: int, seed: int, image_size: int | None) 
                            image_size or 224, [])
 
 
+def _timm(name: str, num_labels: int, seed: int, image_size: int | None) -> ModelHandle:
+    """``timm:NAME`` (pretrained weights from timm's cache) or ``timm:NAME?weights=none``."""
+    if importlib.util.find_spec("timm") is None:
+        raise ModelUnavailableError("timm models need the timm package; `pip install timm`")
+    import timm
+
+    from robustfeat.models.vision import ImageClassifier, ImageTaskModel
+
+    arch, _, weights = name.partition("?weights=")
+    if arch not in timm.list_models():
+        close = timm.list_models(f"*{arch[:4]}*")[:5]
+        raise UnknownNameError(f"timm has no model '{arch}'" + (f"; similar: {', '.join(close)}" if close else ""))
+    try:
+        net = timm.create_model(arch, pretrained=weights.lower() != "none")
+    except Exception as e:  # the weights download fails offline
+        raise ModelUnavailableError(
+            f"timm:{arch} pretrained weights are not available offline ({type(e).__name__}); use "
+            f"timm:{arch}?weights=none for random init"
+        ) from None
+    classifier = net.get_classifier()
+    head = next((n for n, m in net.named_modules() if m is classifier), None)
+    if head is None or not isinstance(classifier, torch.nn.Linear):
+        raise RobustfeatError(f"timm:{arch} has no Linear classifier head robustfeat knows how to keep")
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    size = image_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
+    mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    torch.manual_seed(seed)
+    return ImageClassifier(ImageTaskModel(net, head, num_labels), ModelInfo(f"timm:{name}", "image-classifier", "timm"),
+                           size, [], mean=mean, std=std)
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -350,7 +383,7 @@ def load_model(
     device: str | torch.device | None = None,
 ) -> ModelHandle:
     """A zoo name (``robustfeat ls models``), ``hf:ID``, a local transformers folder, or
-    ``torchvision:NAME``. ``num_labels`` sizes the new classification head."""
+    ``torchvision:NAME`` / ``timm:NAME``. ``num_labels`` sizes the new classification head."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise RobustfeatError(f"a model is a zoo name or a path, got {name_or_path!r}")
     if family is not None and family not in FAMILIES:

@@ -165,10 +165,12 @@ def preflight(config: TrainConfig) -> None:
     # names, values and contradictions (the head's real name is known once the model loads)
     AdapterConfig(method=config.method, modules_to_save=["head"], **adapter_kwargs(config))
     m = config.model
-    if m not in MODELS and not m.startswith(("hf:", "torchvision:")) and not (Path(m).expanduser() / "config.json").is_file():
+    if m not in MODELS and not m.startswith(("hf:", "torchvision:", "timm:")) and not (Path(m).expanduser() / "config.json").is_file():
         from robustfeat.errors import UnknownNameError
 
-        raise UnknownNameError(f"{MODELS.unknown_message(m)} Or pass a local transformers folder, hf:ID or torchvision:NAME.")
+        raise UnknownNameError(
+            f"{MODELS.unknown_message(m)} Or pass a local transformers folder, hf:ID, torchvision:NAME or timm:NAME."
+        )
     d = config.data
     if d not in DATASETS and not d.startswith("hf:") and not Path(d).expanduser().exists():
         from robustfeat.errors import UnknownNameError

@@ -27,6 +27,9 @@ def save_state(out: Path, tensors: dict[str, torch.Tensor], optimizer: torch.opt
         for key, value in st.items():
             opt[f"{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
     opt["torch_rng"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from these
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            opt[f"cuda_rng.{i}"] = state
     save_file(opt, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
     final, old = out / STATE_DIR, out / (STATE_DIR + ".old")
@@ -53,6 +56,11 @@ def load_state(out: Path, tensors: dict[str, torch.Tensor], optimizer: torch.opt
             t.copy_(saved[name])
     opt = load_file(str(folder / "optimizer.safetensors"))
     torch.set_rng_state(opt.pop("torch_rng"))
+    cuda = sorted((k for k in opt if k.startswith("cuda_rng.")), key=lambda k: int(k.split(".")[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([opt[k] for k in cuda][: torch.cuda.device_count()])
+    for k in cuda:
+        del opt[k]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in opt.items():
         i, name = key.split(".", 1)
