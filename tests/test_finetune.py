@@ -181,3 +181,19 @@ def test_frozen_batchnorm_keeps_its_statistics(tmp_path, method, changes):
 
     after = load_file(str(tmp_path / "run" / "adapter_model.safetensors"))["net.bn.running_mean"]
     assert (not torch.equal(before, after)) == changes
+
+
+def test_out_of_disk_during_finetune_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from robustfeat.cli import main
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run"))
+
+    monkeypatch.setattr("robustfeat.train.loop.save_state", full)
+    rc = main(["finetune", "--model", "tiny-bert", "--data", "rotten-tomatoes", "--method", "lora",
+               "--max-examples", "32", "--checkpoint-every", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "out of disk space" in err[0]
+    assert not (tmp_path / "run" / "robustfeat.json").exists()

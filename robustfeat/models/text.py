@@ -36,15 +36,11 @@ class MeanPoolClassifier(nn.Module):
         return SimpleNamespace(logits=self.classifier(self.dropout(mean_pool(hidden, attention_mask))))
 
 
-class TextClassifier(ModelHandle):
-    """Any ``AutoModelForSequenceClassification``; features are mean-pooled hidden states
-    (``embedding`` is the last layer's, the sentence-embedding of MiniLM-style models)."""
+class TextHandle(ModelHandle):
+    """What every transformers text model shares: tokenising, logits, and mean-pooled
+    hidden states per layer as features."""
 
-    family = "text-classifier"
-    default_targets = ["query", "value"]
-
-    def __init__(self, model, tokenizer, info: ModelInfo, max_length: int = 128) -> None:
-        head = [n for n in ("classifier", "score") if _has(model, n)]
+    def __init__(self, model, tokenizer, info: ModelInfo, head: list[str], max_length: int = 128) -> None:
         super().__init__(model, info, head)
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -57,18 +53,29 @@ class TextClassifier(ModelHandle):
     def logits(self, inputs):
         return self.model(**inputs).logits
 
-    def loss(self, inputs, table):
-        return F.cross_entropy(self.logits(inputs), self.labels(table))
-
     def features(self, inputs, layers=None):
-        out = self.model.base_model(**inputs, output_hidden_states=True)
-        hidden = out.hidden_states  # embeddings + one per layer
+        hidden = self.model.base_model(**inputs, output_hidden_states=True).hidden_states  # embeddings + layers
         feats = {f"layer{i}": mean_pool(h, inputs.get("attention_mask")) for i, h in enumerate(hidden)}
         feats["embedding"] = feats[f"layer{len(hidden) - 1}"]
         return {k: v for k, v in feats.items() if layers is None or k in layers}
 
 
-class CausalLM(ModelHandle):
+class TextClassifier(TextHandle):
+    """Any ``AutoModelForSequenceClassification`` (or :class:`MeanPoolClassifier`);
+    ``embedding`` is the last layer mean-pooled, the sentence embedding of MiniLM-style models."""
+
+    family = "text-classifier"
+    default_targets = ["query", "value"]
+
+    def __init__(self, model, tokenizer, info: ModelInfo, max_length: int = 128) -> None:
+        head = [n for n in ("classifier", "score") if _has(model, n)]
+        super().__init__(model, tokenizer, info, head, max_length)
+
+    def loss(self, inputs, table):
+        return F.cross_entropy(self.logits(inputs), self.labels(table))
+
+
+class CausalLM(TextHandle):
     """Any ``AutoModelForCausalLM``: next-token loss on the ``text`` column; the score is
     perplexity."""
 
@@ -76,19 +83,9 @@ class CausalLM(ModelHandle):
     default_targets = ["q_proj", "v_proj"]
 
     def __init__(self, model, tokenizer, info: ModelInfo, max_length: int = 128) -> None:
-        super().__init__(model, info, head=[])
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def preprocess(self, table: Table) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer([str(t) for t in table["text"]], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in enc.items()}
-
-    def logits(self, inputs):
-        return self.model(**inputs).logits
+        super().__init__(model, tokenizer, info, [], max_length)
 
     def _token_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(inputs)[:, :-1]
@@ -107,11 +104,6 @@ class CausalLM(ModelHandle):
 
     def metric(self, totals):
         return "perplexity", float(np.exp(totals["nll"] / max(totals["tokens"], 1.0)))
-
-    def features(self, inputs, layers=None):
-        out = self.model.base_model(**inputs, output_hidden_states=True)
-        feats = {f"layer{i}": mean_pool(h, inputs.get("attention_mask")) for i, h in enumerate(out.hidden_states)}
-        return {k: v for k, v in feats.items() if layers is None or k in layers}
 
 
 def _has(model: Any, name: str) -> bool:

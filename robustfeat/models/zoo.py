@@ -76,6 +76,7 @@ def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_len
     tok = AutoTokenizer.from_pretrained(path)
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialised head" report is expected
+    logging.disable_progress_bar()  # a per-load bar for a sub-second load is noise
     try:
         if pooling == "mean":
             encoder = AutoModel.from_pretrained(path)
@@ -86,6 +87,7 @@ def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_len
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     finally:
         logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
     return TextClassifier(model, tok, ModelInfo(name, "text-classifier", source), max_length=max_length)
 
 
