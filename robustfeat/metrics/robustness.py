@@ -1,0 +1,46 @@
+"""Worst-domain accuracy, forgetting, and effective robustness (Taori et al. 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from robustfeat.errors import RobustfeatError
+
+
+def worst_domain(accuracies: Mapping[str, float]) -> tuple[str, float]:
+    """The domain with the lowest accuracy, and that accuracy."""
+    if not accuracies:
+        raise RobustfeatError("worst-domain accuracy needs at least one domain")
+    name = min(accuracies, key=lambda k: (accuracies[k], k))
+    return name, float(accuracies[name])
+
+
+def forgetting(base_score: float, tuned_score: float, higher_is_better: bool = True) -> float:
+    """The drop of the pre-training task's score: base - tuned (or tuned - base for scores
+    where lower is better, such as perplexity). Positive means forgotten."""
+    return float(base_score - tuned_score) if higher_is_better else float(tuned_score - base_score)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_robustness_line(id_acc: Sequence[float], ood_acc: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line logit(OOD) = slope * logit(ID) + intercept over reference models."""
+    x, y = _logit(id_acc), _logit(ood_acc)
+    if len(x) != len(y) or len(x) < 2:
+        raise RobustfeatError("the robustness line needs at least two reference points (ID, OOD)")
+    if np.ptp(x) == 0:
+        raise RobustfeatError("the reference points share one ID accuracy; a line cannot be fitted")
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def effective_robustness(id_acc: float, ood_acc: float, line: tuple[float, float]) -> float:
+    """OOD accuracy above the line's prediction at this ID accuracy (in accuracy units)."""
+    slope, intercept = line
+    predicted = 1.0 / (1.0 + np.exp(-(slope * _logit(id_acc) + intercept)))
+    return float(ood_acc - predicted)
