@@ -88,3 +88,5 @@ LAYER_KINDS: Registry = Registry("layer kind", modules=("robustfeat.adapters.lay
 DATASETS: Registry = Registry("dataset", modules=("robustfeat.data.builtin",))
 #: The model zoo: real pretrained entries, generic loaders and tiny test models.
 MODELS: Registry = Registry("model", modules=("robustfeat.models.zoo",))
+#: Image corruptions (ImageNet-C and its four held-out extras) as batched torch functions.
+CORRUPTIONS: Registry = Registry("corruption", modules=("robustfeat.shifts.corruptions",))

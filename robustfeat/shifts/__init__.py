@@ -1,0 +1,1 @@
+"""The shift bank: corruptions (batched torch functions), domain splits and OOD sets."""
