@@ -97,3 +97,19 @@ def test_shapes_dtypes_and_greyscale():
 def test_bad_input(x, name, severity, error, match):
     with pytest.raises(error, match=match):
         corrupt(x, name, severity)
+
+
+@pytest.mark.parametrize("angle", [-45.0, -30.0, 0.0, 12.5, 44.0])
+@pytest.mark.parametrize("severity", range(1, 6))
+def test_motion_blur_at_a_fixed_angle_matches_the_reference(images, severity, angle):
+    """Motion blur's only randomness is its angle: at a fixed angle it must match exactly."""
+    from imagecorruptions.corruptions import _motion_blur
+
+    from robustfeat.shifts.corruptions import motion_blur_at
+
+    radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
+    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
+    got = (motion_blur_at(x, radius, sigma, angle) * 255).clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    for g, im in zip(got, images):
+        ref = np.uint8(np.clip(_motion_blur(im, radius=radius, sigma=sigma, angle=angle), 0, 255))
+        assert psnr(g.astype(np.float64), ref.astype(np.float64)) >= 35.0
