@@ -6,9 +6,9 @@ three channels first, as the reference implementation does), a severity 1..5 and
 They run on whatever device ``x`` is on. Severity constants are the published ImageNet-C
 ones (as in ``imagecorruptions``); the tests compare each against that reference.
 
-Corruptions implemented so far: the noises (gaussian, shot, impulse, speckle), defocus,
-motion, zoom and gaussian blur, brightness, contrast, saturate, pixelate and JPEG. Glass
-blur, the weather family (snow, frost, fog, spatter) and elastic transform follow.
+Implemented so far (15 of 19): gaussian, shot, impulse and speckle noise; defocus, motion,
+zoom and gaussian blur; fog and brightness; contrast, elastic transform, pixelate, JPEG and
+saturate. Glass blur, snow, frost and spatter follow.
 """
 
 from __future__ import annotations
@@ -198,6 +198,92 @@ def zoom_blur(x, severity, g):
         # linear interpolation mapping corner to corner, as scipy.ndimage.zoom(order=1)
         out += F.interpolate(crop, size=size, mode="bilinear", align_corners=True)[..., :h, :w]
     return (x + out) / (len(zooms) + 1)
+
+
+def plasma_fractal(n: int, size: int, decay: float, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``n`` diamond-square height maps of side ``size`` (a power of two) in [0, 1], as
+    ImageNet-C's fog draws them (the same steps and wibble schedule), batched."""
+    m = torch.zeros(n, size, size, device=device)
+    step, wibble = size, 100.0
+
+    def wibbled(a: torch.Tensor) -> torch.Tensor:
+        return a / 4 + wibble * (torch.rand(a.shape, generator=g, device=device) * 2 * wibble - wibble)
+
+    while step >= 2:
+        half = step // 2
+        corners = m[:, 0:size:step, 0:size:step]
+        sq = corners + torch.roll(corners, -1, dims=1)
+        sq = sq + torch.roll(sq, -1, dims=2)
+        m[:, half:size:step, half:size:step] = wibbled(sq)
+        dr = m[:, half:size:step, half:size:step]
+        ul = m[:, 0:size:step, 0:size:step]
+        lt = dr + torch.roll(dr, 1, dims=1) + ul + torch.roll(ul, -1, dims=2)
+        m[:, 0:size:step, half:size:step] = wibbled(lt)
+        tt = dr + torch.roll(dr, 1, dims=2) + ul + torch.roll(ul, -1, dims=1)
+        m[:, half:size:step, 0:size:step] = wibbled(tt)
+        step //= 2
+        wibble /= decay
+    m = m - m.amin(dim=(1, 2), keepdim=True)
+    return m / m.amax(dim=(1, 2), keepdim=True)
+
+
+@register("fog", "weather", random=True)
+def fog(x, severity, g):
+    strength, decay = [(1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)][severity - 1]
+    h, w = x.shape[-2:]
+    size = 1 << (max(h, w) - 1).bit_length()
+    fractal = plasma_fractal(x.shape[0], size, decay, g, x.device)[:, None, :h, :w]
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x + strength * fractal) * peak / (peak + strength)
+
+
+def _pad_symmetric(x: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    """Half-sample symmetric padding (scipy's mode='reflect': b a | a b c d | d c)."""
+
+    def pad(t: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        idx = torch.arange(-r, n + r, device=t.device) % (2 * n)
+        idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+        return t.index_select(dim, idx)
+
+    return pad(pad(x, ry, -2), rx, -1)
+
+
+def _gaussian_reflect(x: torch.Tensor, sigma_y: float, sigma_x: float, truncate: float = 3.0) -> torch.Tensor:
+    """Separable Gaussian with scipy's mode='reflect' borders, per-axis sigma."""
+    def kernel(sigma: float) -> torch.Tensor:
+        r = int(truncate * sigma + 0.5)
+        t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        return k / k.sum()
+
+    ky, kx = kernel(sigma_y), kernel(sigma_x)
+    ry, rx = (len(ky) - 1) // 2, (len(kx) - 1) // 2
+    xp = _pad_symmetric(x, ry, rx)
+    c = x.shape[1]
+    xp = F.conv2d(xp, kx.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(xp, ky.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def elastic_warp(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Sample ``x`` at (row + dy, col + dx) with linear interpolation and half-sample
+    symmetric borders (scipy's map_coordinates(order=1, mode='reflect')). dx, dy: (N, H, W)."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device, dtype=x.dtype)[None, :, None] + dy
+    cols = torch.arange(w, device=x.device, dtype=x.dtype)[None, None, :] + dx
+    # align_corners=False: pixel i sits at (2i + 1) / size - 1, and reflection is about the edges
+    grid = torch.stack([(2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+@register("elastic_transform", "digital", random=True)
+def elastic_transform(x, severity, g):
+    alpha = [250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12][severity - 1]
+    n, _, h, w = x.shape
+    max_d = h * 0.005
+    fields = (torch.rand((n, 2, h, w), generator=g, device=x.device) * 2 - 1) * max_d
+    fields = _gaussian_reflect(fields, 0.01 * h, 0.01 * w) * alpha
+    return elastic_warp(x, fields[:, 0], fields[:, 1])
 
 
 # --- digital --------------------------------------------------------------------------------
