@@ -6,9 +6,9 @@ three channels first, as the reference implementation does), a severity 1..5 and
 They run on whatever device ``x`` is on. Severity constants are the published ImageNet-C
 ones (as in ``imagecorruptions``); the tests compare each against that reference.
 
-Implemented so far (16 of 19): gaussian, shot, impulse and speckle noise; defocus, glass,
-motion, zoom and gaussian blur; fog and brightness; contrast, elastic transform, pixelate,
-JPEG and saturate. Snow, frost and spatter follow.
+Implemented so far (17 of 19): gaussian, shot, impulse and speckle noise; defocus, glass,
+motion, zoom and gaussian blur; snow, fog and brightness; contrast, elastic transform,
+pixelate, JPEG and saturate. Frost and spatter follow.
 """
 
 from __future__ import annotations
@@ -231,13 +231,18 @@ def zoom_blur(x, severity, g):
     h, w = x.shape[-2:]
     out = torch.zeros_like(x)
     for z in zooms:
-        ch, cw = math.ceil(h / z), math.ceil(w / z)
-        top, left = (h - ch) // 2, (w - cw) // 2
-        crop = x[..., top:top + ch, left:left + cw]
-        size = (max(round(ch * z), h), max(round(cw * z), w))
-        # linear interpolation mapping corner to corner, as scipy.ndimage.zoom(order=1)
-        out += F.interpolate(crop, size=size, mode="bilinear", align_corners=True)[..., :h, :w]
+        out += clipped_zoom(x, z)[..., :h, :w]
     return (x + out) / (len(zooms) + 1)
+
+
+def clipped_zoom(x: torch.Tensor, z: float) -> torch.Tensor:
+    """Zoom into the centre by ``z``: crop ceil(size / z), resize linearly (corner to corner,
+    as scipy.ndimage.zoom(order=1)) to round(crop * z). May exceed the input size."""
+    h, w = x.shape[-2:]
+    ch, cw = math.ceil(h / z), math.ceil(w / z)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[..., top:top + ch, left:left + cw]
+    return F.interpolate(crop, size=(round(ch * z), round(cw * z)), mode="bilinear", align_corners=True)
 
 
 def plasma_fractal(n: int, size: int, decay: float, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -275,6 +280,23 @@ def fog(x, severity, g):
     fractal = plasma_fractal(x.shape[0], size, decay, g, x.device)[:, None, :h, :w]
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
     return (x + strength * fractal) * peak / (peak + strength)
+
+
+@register("snow", "weather", random=True)
+def snow(x, severity, g):
+    loc, scale, zoom, threshold, radius, sigma, blend = [
+        (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
+    n, _, h, w = x.shape
+    layer = torch.randn((n, 1, h, w), generator=g, device=x.device) * scale + loc
+    layer = clipped_zoom(layer, zoom)
+    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp(0, 1)
+    angles = (torch.rand(n, generator=g, device=x.device) * 90 - 135).tolist()  # falling: -135..-45 degrees
+    layer = torch.cat([motion_blur_at(layer[i:i + 1], radius, sigma, a) for i, a in enumerate(angles)])
+    layer = ((layer * 255).round() / 255)[..., :h, :w]
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # OpenCV's RGB2GRAY weights
+    x = blend * x + (1 - blend) * torch.maximum(x, grey * 1.5 + 0.5)
+    return x + layer + torch.flip(layer, dims=(-2, -1))
 
 
 def _pad_symmetric(x: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
