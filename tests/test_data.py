@@ -112,7 +112,6 @@ def test_jsonl_and_text_column(tmp_path):
 @pytest.mark.parametrize(
     "content,kw,match",
     [
-        ("text\nhello\nworld\n", {}, "no label column 'label'"),
         ("body,label\nhello,1\n", {}, "no text column.*columns: body, label"),
         ("body,label\nhello,1\n", {"text_column": "txt"}, "no text column 'txt'"),
         ("text,label\n", {}, "is empty"),
@@ -187,3 +186,71 @@ def test_real_text_datasets_and_their_leakage():
         texts = np.concatenate([t["text"][t["domain"] == domain] for t in vader.splits.values()])
         share = loose_matches(texts, rt_text).mean()
         assert (share > 0.9) if expect_overlap else (share == 0.0), (domain, share)
+
+
+def test_small_strata_still_reach_every_split(tmp_path):
+    rows = ["text,label"] + [f"t{i},{i % 8}" for i in range(40)]  # 8 labels, 5 rows each
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    b = load_dataset(str(tmp_path / "d.csv"))
+    assert [len(b[s]) for s in ("train", "validation", "test")] == [32, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "labels,names,mapped",
+    [
+        (["-1", "1"], ["-1", "1"], [0, 1]),
+        (["1", "5"], ["1", "5"], [0, 1]),  # sparse integers: two classes, not six
+        (["0", "1"], ["0", "1"], [0, 1]),
+        (["neg", "pos"], ["neg", "pos"], [0, 1]),
+    ],
+)
+def test_label_mapping(tmp_path, labels, names, mapped):
+    rows = ["text,label"] + [f"t{i},{labels[i % 2]}" for i in range(20)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    b = load_dataset(str(tmp_path / "d.csv"))
+    assert b.label_names == names and set(np.unique(b["train"]["label"]).tolist()) == set(mapped)
+
+
+def test_missing_label_is_named(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\na,1\nb,\nc,0\n")
+    with pytest.raises(DataError, match="row 2 .* has no 'label'"):
+        load_dataset(str(tmp_path / "d.csv"))
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": null}\n')
+    with pytest.raises(DataError, match="has no 'label'"):
+        load_dataset(str(tmp_path / "d.jsonl"))
+
+
+def test_unlabelled_text_and_spreadsheet_bom(tmp_path):
+    (tmp_path / "d.csv").write_bytes("\ufefftext\n".encode() + "".join(f"line {i}\n" for i in range(20)).encode())
+    b = load_dataset(str(tmp_path / "d.csv"))
+    assert b.task == "text" and b.label_names is None
+
+
+def test_image_folder_uses_the_common_size(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "imgs" / "a" / "000_thumb.png")  # sorts first
+    b = load_dataset(str(tmp_path / "imgs"))
+    assert b["train"]["image"].shape[1:] == (30, 40, 3)
+
+
+def test_concurrent_prepares_take_turns(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ROBUSTFEAT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "robustfeat", "data", "prepare", "digits", "--no-progress"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    results = [p.wait() for p in procs]
+    assert results == [0, 0, 0], [p.stderr.read() for p in procs]
+
+
+def test_eval_cap_must_be_positive():
+    with pytest.raises(DataError, match="max_eval_examples"):
+        load_dataset("digits", max_eval_examples=0)

@@ -115,7 +115,7 @@ def _cli(*args):
         (["--model", "tiny-bert", "--data", "rotten-tomatoes", "--rank", "4", "--method", "vefa"], "no effect"),
         (["--model", "tiny-bert", "--data", "rotten-tomatoes", "--rank", "0"], "rank must be a positive"),
         (["--model", "tiny-cnn", "--data", "rotten-tomatoes"], "cannot learn dataset"),
-        (["--model", "tiny-bert", "--data", "{tmp}/nolabel.csv"], "no label column"),
+        (["--model", "tiny-bert", "--data", "{tmp}/nolabel.csv"], "has no labels"),
         (["--model", "tiny-bert", "--data", "{tmp}/notext.csv"], "no text column"),
         (["--model", "tiny-bert", "--data", "{tmp}/empty.csv"], "is empty"),
         (["--model", "tiny-cnn", "--data", "{tmp}/tiny_images"], "too small"),
@@ -126,7 +126,7 @@ def _cli(*args):
 def test_cli_bad_input_is_one_line(tmp_path, extra, match):
     from PIL import Image
 
-    (tmp_path / "nolabel.csv").write_text("text\na\nb\n")
+    (tmp_path / "nolabel.csv").write_text("text\n" + "".join(f"line {i}\n" for i in range(20)))
     (tmp_path / "notext.csv").write_text("body,label\na,1\nb,0\n")
     (tmp_path / "empty.csv").write_text("text,label\n")
     for cls in ("a", "b"):
@@ -197,3 +197,53 @@ def test_out_of_disk_during_finetune_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "out of disk space" in err[0]
     assert not (tmp_path / "run" / "robustfeat.json").exists()
+
+
+def test_seed_range_and_missing_gpu():
+    from robustfeat.errors import ConfigError
+    from robustfeat.train.loop import pick_device
+
+    with pytest.raises(ConfigError, match="seed"):
+        cfg(seed=-1)
+    if not torch.cuda.is_available():  # on a GPU machine the device exists: nothing to refuse
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(TrainingError, match="not supported"):
+        pick_device("meta")
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    rows = ["text,label"] + [f"review {i},{i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    config = cfg(data=str(tmp_path / "d.csv"), max_examples=None)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, tmp_path / "run", progress=False, stop_after=1)
+    flipped = ["text,label"] + [f"review {i},{1 - i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(flipped))
+    with pytest.raises(TrainingError, match="data changed"):
+        finetune(config, tmp_path / "run", progress=False)
+
+
+def test_interrupted_overwrite_resumes(tmp_path):
+    finetune(cfg(), tmp_path / "run", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg(method="vefa"), tmp_path / "run", progress=False, overwrite=True, stop_after=2)
+    again = finetune(cfg(method="vefa"), tmp_path / "run", progress=False, overwrite=True)
+    assert again.resumed_from == 2
+
+
+def test_two_runs_into_one_folder_are_refused(tmp_path):
+    from robustfeat.errors import RobustfeatError
+    from robustfeat.locks import locked
+
+    out = (tmp_path / "run").absolute()
+    with locked(out.parent / f".{out.name}.lock", "x", wait=False):
+        with pytest.raises(RobustfeatError, match="another robustfeat process"):
+            finetune(cfg(), out, progress=False)
+
+
+def test_unlabelled_text_trains_a_causal_lm(tmp_path):
+    (tmp_path / "t.csv").write_text("text\n" + "".join(f"some generic text number {i}\n" for i in range(40)))
+    result = finetune(cfg("tiny-gpt2", str(tmp_path / "t.csv"), "lora", max_examples=None), tmp_path / "run",
+                      progress=False)
+    assert result.metric == "perplexity"

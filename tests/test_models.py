@@ -189,3 +189,30 @@ def test_timm_models_without_download():
     exercise(handle)
     with pytest.raises(UnknownNameError, match="timm has no model"):
         load_model("timm:resnet1000?weights=none")
+
+
+def test_decoder_classifier_without_pad_token_and_right_padding(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from robustfeat.models.tiny import char_tokenizer
+
+    tok = char_tokenizer(with_specials=False)
+    tok.pad_token = None  # like GPT-2's own tokenizer
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                     architectures=["GPT2ForSequenceClassification"])
+    GPT2ForSequenceClassification(cfg).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    handle = load_model(str(tmp_path / "m"), num_labels=2, max_length=64)
+    exercise(handle)
+    with pytest.raises(RobustfeatError, match="exceeds"):
+        load_model(str(tmp_path / "m"), num_labels=2, max_length=1000)
+    lm = load_model("tiny-gpt2")
+    lm.tokenizer.padding_side = "left"
+    lm = type(lm)(lm.model, lm.tokenizer, lm.info, lm.max_length)  # the handle puts padding back on the right
+    texts = ["a short one", "a much longer line of text"]
+    with torch.no_grad():
+        batched = lm.eval_sums(lm.preprocess(Table({"text": texts})), None)
+        alone = [lm.eval_sums(lm.preprocess(Table({"text": [t]})), None) for t in texts]
+    assert batched["tokens"] == sum(a["tokens"] for a in alone)
+    # (left padding made this differ by about 10%; what remains is attention-kernel rounding)
+    assert batched["nll"] == pytest.approx(sum(a["nll"] for a in alone), rel=5e-3)

@@ -65,6 +65,8 @@ def load_dataset(
     if not isinstance(name_or_path, str) or not name_or_path:
         raise DataError(f"a dataset is a registered name or a path, got {name_or_path!r}")
     if name_or_path in DATASETS:
+        if text_column is not None:
+            raise DataError(f"text_column applies to CSV/JSON files; '{name_or_path}' is a registered dataset")
         spec = DATASETS.get(name_or_path)
         tables, manifest = load_prepared(spec, progress=progress)
         provenance = {"source": manifest["source"], "cache_files": manifest["files"], "notes": spec.notes}
@@ -103,9 +105,9 @@ def _finish(b: DatasetBundle, seed: int, max_examples: int | None, max_eval: int
             splits = stratified_split(only, fractions, seed, strata) | ({"test": splits["test"]} if "test" in splits else {})
     if "test" not in splits:
         raise DataError(f"dataset '{b.name}' has no test split")
-    for n in (max_examples,):
-        if n is not None and n <= 0:
-            raise DataError(f"max_examples must be positive, got {n}")
+    for label, n in (("max_examples", max_examples), ("max_eval_examples", max_eval)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise DataError(f"{label} must be a positive integer or None, got {n!r}")
     if max_examples:
         splits["train"] = subsample(splits["train"], max_examples, seed, strata)
     if max_eval:
@@ -149,13 +151,13 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix in {".csv", ".tsv"}:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
                 return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 return [json.loads(line) for line in f if line.strip()]
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
             return data if isinstance(data, list) else data.get("data", [])
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read '{path}': {e}") from None
@@ -163,32 +165,51 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _text_bundle(name, parts: dict[str, list[dict]], text_column, label_column, provenance) -> DatasetBundle:
-    tables, label_names = {}, None
-    all_labels = sorted({str(r.get(label_column)) for rows in parts.values() for r in rows if r.get(label_column) is not None})
+    """Text rows -> tables. Labels: integers 0..K-1 are kept; any other set (strings,
+    -1/1, sparse integers) is mapped to 0..K-1 in sorted order, the originals becoming the
+    label names. Without a label column the data is plain text (for language models)."""
+    if not any(parts.values()):
+        raise DataError(f"dataset '{name}' is empty")
+    cols = list(next(rows for rows in parts.values() if rows)[0])
+    col = text_column or next((c for c in TEXT_COLUMNS if c in cols), None)
+    if col is None or col not in cols:
+        raise DataError(f"dataset '{name}' has no text column {text_column or '/'.join(TEXT_COLUMNS)!r}; "
+                        f"columns: {', '.join(cols)}; pass --text-column")
+    labelled = label_column in cols
+    raw: dict[str, list[str]] = {}
+    if labelled:
+        for split, rows in parts.items():
+            values = []
+            for i, r in enumerate(rows):
+                v = r.get(label_column)
+                if v is None or str(v).strip() == "":
+                    raise DataError(f"dataset '{name}': row {i + 1} of '{split}' has no {label_column!r}; "
+                                    "every row of a classification dataset needs a label")
+                values.append(str(v).strip())
+            raw[split] = values
+        distinct = sorted({v for vs in raw.values() for v in vs}, key=lambda v: (not _is_int(v), _sort_key(v)))
+        if all(_is_int(v) for v in distinct) and [int(v) for v in distinct] == list(range(len(distinct))):
+            index = {v: int(v) for v in distinct}
+        else:
+            index = {v: i for i, v in enumerate(distinct)}
+        label_names = distinct
+    tables = {}
     for split, rows in parts.items():
         if not rows:
-            raise DataError(f"dataset '{name}' is empty")
-        cols = list(rows[0])
-        col = text_column or next((c for c in TEXT_COLUMNS if c in cols), None)
-        if col is None or col not in cols:
-            raise DataError(f"dataset '{name}' has no text column {text_column or '/'.join(TEXT_COLUMNS)!r}; "
-                            f"columns: {', '.join(cols)}; pass --text-column")
-        if label_column not in cols:
-            raise DataError(f"dataset '{name}' has no label column '{label_column}'; columns: {', '.join(cols)}")
-        labels_raw = [str(r[label_column]) for r in rows]
-        if all(_is_int(v) for v in all_labels):
-            labels = np.array([int(v) for v in labels_raw], dtype=np.int64)
-            label_names = [str(i) for i in range(max(int(v) for v in all_labels) + 1)]
-        else:
-            index = {v: i for i, v in enumerate(all_labels)}
-            labels = np.array([index[v] for v in labels_raw], dtype=np.int64)
-            label_names = all_labels
-        columns = {"text": [str(r[col]) for r in rows], "label": labels}
+            raise DataError(f"dataset '{name}' has an empty '{split}' split")
+        columns: dict[str, Any] = {"text": [str(r.get(col, "")) for r in rows]}
+        if labelled:
+            columns["label"] = np.array([index[v] for v in raw[split]], dtype=np.int64)
         if "domain" in cols:
-            columns["domain"] = [str(r["domain"]) for r in rows]
+            columns["domain"] = [str(r.get("domain", "")) for r in rows]
         tables[split] = Table(columns)
     domain = "domain" if all("domain" in t for t in tables.values()) else None
-    return DatasetBundle(name, "text-classification", tables, "text", label_names, domain, provenance=provenance)
+    task = "text-classification" if labelled else "text"
+    return DatasetBundle(name, task, tables, "text", label_names if labelled else None, domain, provenance=provenance)
+
+
+def _sort_key(v: str):
+    return int(v) if _is_int(v) else v
 
 
 def _is_int(v: str) -> bool:
@@ -219,14 +240,46 @@ def _hf_bundle(name, ds, text_column, label_column, provenance) -> DatasetBundle
         ds = datasets.DatasetDict({"all": ds})
     parts = {("validation" if k in ("valid", "dev") else k): [dict(r) for r in d] for k, d in ds.items()}
     first = next(iter(parts.values()), [])
+    names = None
+    feature = next(iter(ds.values())).features.get(label_column)
+    if feature is not None and hasattr(feature, "names"):
+        names = list(feature.names)  # a ClassLabel keeps its class names
     if first and "image" in first[0]:
+        pil = {k: [_to_pil(r["image"]) for r in rows] for k, rows in parts.items()}
+        size = _common_size([im for ims in pil.values() for im in ims])
         tables = {}
         for k, rows in parts.items():
-            images = np.stack([np.asarray(r["image"]) for r in rows]).astype(np.uint8)
+            images = np.stack([_rgb_array(im, size) for im in pil[k]])
             tables[k] = Table({"image": images, "label": np.array([r[label_column] for r in rows], dtype=np.int64)})
         n = int(max(t["label"].max() for t in tables.values())) + 1
-        return DatasetBundle(name, "image-classification", tables, "image", [str(i) for i in range(n)], provenance=provenance)
-    return _text_bundle(name, parts, text_column, label_column, provenance)
+        return DatasetBundle(name, "image-classification", tables, "image", names or [str(i) for i in range(n)],
+                             provenance={**provenance, "image_size": list(size)})
+    bundle = _text_bundle(name, parts, text_column, label_column, provenance)
+    if names and bundle.label_names and all(_is_int(v) for v in bundle.label_names):
+        bundle.label_names = [names[int(v)] for v in bundle.label_names]
+    return bundle
+
+
+def _to_pil(im):
+    from PIL import Image
+
+    return im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8))
+
+
+def _common_size(images) -> tuple[int, int]:
+    """The most common (width, height): every image is resized to it."""
+    from collections import Counter
+
+    return Counter(im.size for im in images).most_common(1)[0][0]
+
+
+def _rgb_array(im, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    im = im.convert("RGB")
+    if im.size != size:
+        im = im.resize(size, Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _image_folder(path: Path) -> DatasetBundle:
@@ -236,21 +289,24 @@ def _image_folder(path: Path) -> DatasetBundle:
     if not classes:
         raise DataError(f"'{path}' is not a dataset: expected one sub-folder per class holding images, "
                         "or a CSV/JSON file")
-    images, labels, size = [], [], None
+    files, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((path / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    size = size or im.size
-                    if im.size != size:
-                        im = im.resize(size, Image.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.uint8))
-            except OSError as e:
-                raise DataError(f"cannot read image '{f}': {e}") from None
-            labels.append(label)
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(label)
+    opened = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                opened.append(im.copy())
+        except OSError as e:
+            raise DataError(f"cannot read image '{f}': {e}") from None
+    images = []
+    if opened:
+        size = _common_size(opened)  # not the first file's: one thumbnail must not shrink them all
+        images = [_rgb_array(im, size) for im in opened]
     if not images:
         raise DataError(f"image folder '{path}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     table = Table({"image": np.stack(images), "label": np.asarray(labels, dtype=np.int64)})

@@ -56,10 +56,14 @@ MANIFEST = "manifest.json"
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest, or None when it is missing, unreadable or incomplete (then rebuilt)."""
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        meta = json.loads((folder / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or "name" not in meta:
+        return None
+    return meta
 
 
 def verify(folder: Path, manifest: dict[str, Any]) -> None:
@@ -73,7 +77,15 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def prepare(spec: DatasetSpec, force: bool = False, progress: bool = True) -> Path:
-    """Fetch, convert and cache ``spec``; return the cache folder. Idempotent."""
+    """Fetch, convert and cache ``spec``; return the cache folder. Idempotent, and safe when
+    several processes prepare (or read) the same dataset at once: they take turns."""
+    from robustfeat.locks import locked
+
+    with locked(spec.cache_dir().parent / ".lock", f"the cache of '{spec.name}'", wait=True):
+        return _prepare(spec, force, progress)
+
+
+def _prepare(spec: DatasetSpec, force: bool, progress: bool) -> Path:
     from tqdm.auto import tqdm
 
     folder = spec.cache_dir()

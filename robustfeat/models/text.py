@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustfeat.data.table import Table
+from robustfeat.errors import RobustfeatError
 from robustfeat.models.handle import ModelHandle, ModelInfo, mean_pool
 
 
@@ -42,6 +43,16 @@ class TextHandle(ModelHandle):
 
     def __init__(self, model, tokenizer, info: ModelInfo, head: list[str], max_length: int = 128) -> None:
         super().__init__(model, info, head)
+        if tokenizer.pad_token is None:  # decoder tokenizers often have none: pad with end-of-text
+            if tokenizer.eos_token is None:
+                raise RobustfeatError(f"the tokenizer of '{info.name}' has neither a pad nor an end-of-text token")
+            tokenizer.pad_token = tokenizer.eos_token
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id  # sequence classifiers find the last token by it
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit and max_length > limit:
+            raise RobustfeatError(f"max_length {max_length} exceeds what '{info.name}' can read ({limit} positions)")
         self.tokenizer = tokenizer
         self.max_length = max_length
 
@@ -83,14 +94,14 @@ class CausalLM(TextHandle):
     default_targets = ["q_proj", "v_proj"]
 
     def __init__(self, model, tokenizer, info: ModelInfo, max_length: int = 128) -> None:
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # left padding would predict the first token from a pad
         super().__init__(model, tokenizer, info, [], max_length)
 
     def _token_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(inputs)[:, :-1]
         target = inputs["input_ids"][:, 1:]
-        mask = inputs["attention_mask"][:, 1:].to(logits.dtype)
+        m = inputs["attention_mask"]
+        mask = (m[:, 1:] * m[:, :-1]).to(logits.dtype)  # a real token predicted from a real token
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none")
         return (nll.view_as(mask) * mask).sum(), mask.sum()
 

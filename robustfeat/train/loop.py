@@ -65,9 +65,17 @@ def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as e:
         raise TrainingError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainingError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"--device {device} was asked for, but no CUDA GPU is available here; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainingError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
 
 
 def check_output(out: Path, digest: str, overwrite: bool) -> bool:
@@ -76,12 +84,12 @@ def check_output(out: Path, digest: str, overwrite: bool) -> bool:
         return False
     if not out.is_dir():
         raise TrainingError(f"'{out}' exists and is not a folder; choose another --out")
+    meta = read_meta(out)
     if (out / RUN_FILE).exists():
-        if overwrite:
-            return False
+        if overwrite:  # an interrupted overwrite of this same run resumes
+            return meta is not None and meta.get("digest") == digest
         raise TrainingError(f"'{out}' already holds a finished checkpoint; pass --overwrite to replace it "
                             "or choose another --out")
-    meta = read_meta(out)
     if meta is not None:
         if meta.get("digest") == digest and not overwrite:
             return True
@@ -186,6 +194,9 @@ def build(config: TrainConfig, device: torch.device, progress: bool = True) -> t
                         progress=progress)
     handle = load_model(config.model, num_labels=max(data.num_labels, 2), seed=config.seed,
                         max_length=config.max_length, image_size=config.image_size)
+    if data.task == "text" and handle.info.family == "text-classifier":
+        raise TrainingError(f"dataset '{config.data}' has no labels (no 'label' column); a text classifier "
+                            "needs them (a causal LM can learn unlabelled text)")
     if data.task not in COMPATIBLE[handle.info.family]:
         fits = " or ".join(sorted(f for f, t in COMPATIBLE.items() if data.task in t))
         raise TrainingError(
@@ -204,11 +215,20 @@ def build(config: TrainConfig, device: torch.device, progress: bool = True) -> t
 def finetune(config: TrainConfig, out: str | os.PathLike, *, device: str | None = None, overwrite: bool = False,
              progress: bool = True, stop_after: int | None = None) -> RunResult:
     """Fine-tune and write a checkpoint folder to ``out``. ``stop_after`` stops after that
-    many steps, leaving resumable state (used to test resuming)."""
+    many steps, leaving resumable state (used to test resuming). Two runs into the same
+    ``out`` at once are refused."""
+    from robustfeat.locks import locked
+
+    out = Path(out).absolute()
+    preflight(config)
+    with locked(out.parent / f".{out.name}.lock", f"'{out}'", wait=False):
+        return _finetune(config, out, device, overwrite, progress, stop_after)
+
+
+def _finetune(config: TrainConfig, out: Path, device: str | None, overwrite: bool, progress: bool,
+              stop_after: int | None) -> RunResult:
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    preflight(config)
     digest = config.digest()
     resume = check_output(out, digest, overwrite)
     if overwrite and out.exists() and not resume:
@@ -229,6 +249,10 @@ def finetune(config: TrainConfig, out: str | os.PathLike, *, device: str | None 
     step = start = 0
     elapsed = 0.0
     if resume:
+        saved = read_meta(out) or {}
+        if saved.get("data_fingerprint") not in (None, data.fingerprint):
+            raise TrainingError(f"the data changed since the interrupted run in '{out}' started (fingerprint "
+                                "differs); pass --overwrite to start again on the new data")
         meta = load_state(out, tensors, optimizer)
         step = start = int(meta["step"])
         curve, elapsed = meta["curve"], float(meta["elapsed"])
@@ -263,6 +287,7 @@ def finetune(config: TrainConfig, out: str | os.PathLike, *, device: str | None 
         bar.update(1)
         if step % config.checkpoint_every == 0 or step == stop_after:
             save_state(out, tensors, optimizer, {"step": step, "digest": digest, "curve": curve,
+                                                 "data_fingerprint": data.fingerprint,
                                                  "elapsed": elapsed + time.perf_counter() - t0,
                                                  "config": config.to_dict()})
         if stop_after is not None and step >= stop_after and step < total:
