@@ -192,7 +192,21 @@ def defocus_blur(x, severity, g):
     k = disk_kernel(radius, alias).to(x.device)
     r = (k.shape[0] - 1) // 2
     xp = F.pad(x, (r, r, r, r), mode="reflect")
-    return F.conv2d(xp, k[None, None].expand(3, 1, -1, -1).contiguous(), groups=3)
+    return fft_filter(xp, k)[..., r:-r, r:-r]
+
+
+def fft_filter(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Circular correlation of every channel with the odd-sized kernel ``k``, by FFT (a
+    17x17 or 21x21 dense kernel is several times faster this way than as a convolution).
+    Callers pad first and crop the border, so the wrap-around never reaches the result."""
+    h, w = x.shape[-2:]
+    kh, kw = k.shape
+    kern = torch.zeros(h, w, device=x.device, dtype=torch.float32)
+    kern[:kh, :kw] = k
+    kern = torch.roll(kern, shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))  # centre at the origin
+    # correlation = convolution with the flipped kernel; the disk is symmetric, so either
+    spec = torch.fft.rfft2(x.float()) * torch.fft.rfft2(kern)
+    return torch.fft.irfft2(spec, s=(h, w))
 
 
 def motion_blur_at(x: torch.Tensor, radius: int, sigma: float, angle: float) -> torch.Tensor:
@@ -413,7 +427,7 @@ def pixelate(x, severity, g):
     h, w = x.shape[-2:]
     small_h, small_w = int(h * c), int(w * c)
     rows, cols = _box_matrix(h, small_h, x.device), _box_matrix(w, small_w, x.device)
-    small = torch.einsum("ph,nchw,qw->ncpq", rows, x, cols)
+    small = torch.matmul(torch.matmul(rows, x), cols.t())  # (p, H) @ (N, C, H, W) @ (W, q)
     small = (small * 255).round() / 255  # the reference stores the small image as 8-bit
     return F.interpolate(small, size=(h, w), mode="nearest-exact")
 
@@ -425,7 +439,7 @@ def jpeg_compression(x, severity, g):
 
     quality = [25, 18, 15, 10, 7][severity - 1]
     u8 = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-    out = [decode_jpeg(encode_jpeg(im, quality=quality)) for im in u8]
+    out = [decode_jpeg(encode_jpeg(im, quality=quality)) for im in u8]  # (a thread pool measured slower)
     return torch.stack(out).to(x.device, torch.float32) / 255
 
 
