@@ -44,6 +44,15 @@ def _dataset_rows() -> list[tuple[str, ...]]:
     return describe_datasets()
 
 
+@listing("corruptions", ("corruption", "family", "random", "ImageNet-C set"))
+def _corruption_rows() -> list[tuple[str, ...]]:
+    from robustfeat.metrics.corruption import COMMON
+    from robustfeat.registry import CORRUPTIONS
+
+    return [(n, c.family, "yes" if c.random else "no", "common 15" if n in COMMON else "extra 4")
+            for n, c in CORRUPTIONS.items()]
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]

@@ -58,3 +58,11 @@ def test_help_does_not_import_torch():
     code = "import sys; from robustfeat.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_ls_corruptions_lists_the_registry(capsys):
+    from robustfeat.registry import CORRUPTIONS
+
+    assert main(["ls", "corruptions"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in CORRUPTIONS.names()) and "common 15" in out and "extra 4" in out

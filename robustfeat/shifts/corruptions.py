@@ -441,9 +441,3 @@ def jpeg_compression(x, severity, g):
     u8 = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
     out = [decode_jpeg(encode_jpeg(im, quality=quality)) for im in u8]  # (a thread pool measured slower)
     return torch.stack(out).to(x.device, torch.float32) / 255
-
-
-def names(family: str | None = None) -> list[str]:
-    return [n for n, c in CORRUPTIONS.items() if family is None or c.family == family]
-
-
