@@ -76,14 +76,19 @@ def many_images() -> np.ndarray:
 @pytest.mark.parametrize("name", RANDOM)
 def test_random_corruptions_match_the_reference_statistics(many_images, name, severity):
     """Same perturbation mean (within 0.01 plus 3 standard errors of the per-image means:
-    fog's whole-image haze varies a lot between draws) and the same spread (std within 5%)."""
+    fog's whole-image haze varies a lot between draws) and the same spread."""
     clean = many_images.astype(np.float64)
     d_ours = (ours(many_images, name, severity) - clean) / 255
     d_ref = (reference(many_images, name, severity) - clean) / 255
+    def se(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.sqrt(a.var() / len(a) + b.var() / len(b)))
+
     m_ours, m_ref = d_ours.mean(axis=(1, 2, 3)), d_ref.mean(axis=(1, 2, 3))
-    se = np.sqrt(m_ours.var() / len(m_ours) + m_ref.var() / len(m_ref))
-    assert abs(m_ours.mean() - m_ref.mean()) < 0.01 + 3 * se
-    assert d_ours.std() == pytest.approx(d_ref.std(), rel=0.05)
+    assert abs(m_ours.mean() - m_ref.mean()) < 0.01 + 3 * se(m_ours, m_ref)
+    # spread: per-image std, within 5% plus 3 standard errors (frost picks one of six textures
+    # per image, so its spread varies between draws much more than the noises' does)
+    s_ours, s_ref = d_ours.std(axis=(1, 2, 3)), d_ref.std(axis=(1, 2, 3))
+    assert abs(s_ours.mean() - s_ref.mean()) < 0.05 * s_ref.mean() + 3 * se(s_ours, s_ref)
 
 
 def test_fog_fractal_has_the_reference_distribution():
@@ -158,3 +163,15 @@ def test_motion_blur_at_a_fixed_angle_matches_the_reference(images, severity, an
     for g, im in zip(got, images):
         ref = np.uint8(np.clip(_motion_blur(im, radius=radius, sigma=sigma, angle=angle), 0, 255))
         assert psnr(g.astype(np.float64), ref.astype(np.float64)) >= 35.0
+
+
+def test_frost_texture_scaling_matches_opencv():
+    import cv2
+
+    from robustfeat.shifts.corruptions import FROST_FILES, _frost_for, frost_texture
+
+    for i in range(len(FROST_FILES)):
+        tex = frost_texture(i).permute(1, 2, 0).numpy()
+        ours = _frost_for(i, 700, 1000).permute(1, 2, 0).numpy()  # larger than every texture: rescaled
+        ref = cv2.resize(tex, dsize=(ours.shape[1], ours.shape[0]), interpolation=cv2.INTER_CUBIC)
+        assert psnr(np.clip(ours, 0, 255), np.clip(ref, 0, 255)) >= 35.0

@@ -6,9 +6,9 @@ three channels first, as the reference implementation does), a severity 1..5 and
 They run on whatever device ``x`` is on. Severity constants are the published ImageNet-C
 ones (as in ``imagecorruptions``); the tests compare each against that reference.
 
-Implemented so far (17 of 19): gaussian, shot, impulse and speckle noise; defocus, glass,
-motion, zoom and gaussian blur; snow, fog and brightness; contrast, elastic transform,
-pixelate, JPEG and saturate. Frost and spatter follow.
+Implemented so far (18 of 19): gaussian, shot, impulse and speckle noise; defocus, glass,
+motion, zoom and gaussian blur; snow, frost, fog and brightness; contrast, elastic transform,
+pixelate, JPEG and saturate. Spatter follows.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -311,6 +312,55 @@ def snow(x, severity, g):
     grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # OpenCV's RGB2GRAY weights
     x = blend * x + (1 - blend) * torch.maximum(x, grey * 1.5 + 0.5)
     return x + layer + torch.flip(layer, dims=(-2, -1))
+
+
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
+
+
+@functools.lru_cache(maxsize=len(FROST_FILES))
+def frost_texture(i: int) -> torch.Tensor:
+    """ImageNet-C's i-th frost photo as (3, h, w) in [0, 255]. The six photos ship in the PyPI
+    package imagecorruptions-imaug (Apache-2.0); they are read from its folder, and the
+    package itself is never imported."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("imagecorruptions")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    folder = Path(locations[0]) / "frost" if locations else None
+    if folder is None or not (folder / FROST_FILES[i]).is_file():
+        raise RobustfeatError(
+            "the frost corruption needs ImageNet-C's frost photos, which ship in the PyPI package "
+            "imagecorruptions-imaug: `pip install imagecorruptions-imaug==1.1.5`"
+        )
+    with Image.open(folder / FROST_FILES[i]) as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32)  # alpha dropped, as OpenCV's imread does
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _frost_for(i: int, h: int, w: int) -> torch.Tensor:
+    """The texture scaled (bicubic) so that it covers an h x w image with 10% to spare."""
+    tex = frost_texture(i)
+    th, tw = tex.shape[-2:]
+    scale = max(h / th, w / tw, 1.0) * 1.1
+    size = (math.ceil(th * scale), math.ceil(tw * scale))
+    return F.interpolate(tex[None], size=size, mode="bicubic", align_corners=False)[0]
+
+
+@register("frost", "weather", random=True)
+def frost(x, severity, g):
+    keep, add = [(1.0, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)][severity - 1]
+    n, _, h, w = x.shape
+    which = torch.randint(0, len(FROST_FILES), (n,), generator=g, device=x.device).tolist()
+    out = []
+    for i, k in enumerate(which):
+        tex = _frost_for(k, h, w).to(x.device)
+        top = int(torch.randint(0, tex.shape[-2] - h, (1,), generator=g, device=x.device))
+        left = int(torch.randint(0, tex.shape[-1] - w, (1,), generator=g, device=x.device))
+        out.append(keep * x[i] + add * tex[:, top:top + h, left:left + w] / 255)
+    return torch.stack(out)
 
 
 def _pad_symmetric(x: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
