@@ -175,3 +175,27 @@ def test_frost_texture_scaling_matches_opencv():
         ours = _frost_for(i, 700, 1000).permute(1, 2, 0).numpy()  # larger than every texture: rescaled
         ref = cv2.resize(tex, dsize=(ours.shape[1], ours.shape[0]), interpolation=cv2.INTER_CUBIC)
         assert psnr(np.clip(ours, 0, 255), np.clip(ref, 0, 255)) >= 35.0
+
+
+def test_corrupted_sets_are_generated_once(tmp_path, monkeypatch):
+    from robustfeat.shifts import cache as corruption_cache
+
+    monkeypatch.setenv("ROBUSTFEAT_CACHE", str(tmp_path))
+    imgs = np.random.default_rng(0).integers(0, 255, (10, 40, 40), dtype=np.uint8)
+    first = corruption_cache.corrupted_images(imgs, "gaussian_noise", 2, key="abc", batch_size=4)
+    assert first.shape == (10, 40, 40, 3) and first.dtype == np.uint8
+
+    def boom(*a, **k):
+        raise AssertionError("regenerated instead of read from the cache")
+
+    monkeypatch.setattr(corruption_cache, "corrupt", boom)
+    again = corruption_cache.corrupted_images(imgs, "gaussian_noise", 2, key="abc", batch_size=4)
+    assert np.array_equal(first, again)
+    monkeypatch.undo()
+    monkeypatch.setenv("ROBUSTFEAT_CACHE", str(tmp_path / "other"))
+    fresh = corruption_cache.corrupted_images(imgs, "gaussian_noise", 2, key="abc", batch_size=4)
+    assert np.array_equal(first, fresh)  # deterministic: a new cache gives the same bytes
+    other_seed = corruption_cache.corrupted_images(imgs, "gaussian_noise", 2, key="abc", batch_size=4, seed=1)
+    assert not np.array_equal(first, other_seed)
+    with pytest.raises(RobustfeatError, match="uint8"):
+        corruption_cache.corrupted_images(imgs.astype(np.float32), "gaussian_noise", 2, key="abc")
