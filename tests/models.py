@@ -149,3 +149,16 @@ def perturb(params: Any, scale: float = 0.3, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
     for p in (params.values() if isinstance(params, dict) else params):
         p.add_((torch.randn(p.shape, generator=g, dtype=p.dtype) * scale).to(p.device))
+
+
+def write_image_folder(root, classes, per_class: int, shape: tuple[int, ...], seed: int = 0):
+    """An image-folder dataset on disk: one sub-folder per class of random PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root

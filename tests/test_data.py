@@ -13,6 +13,7 @@ from robustfeat.data.dedup import first_occurrences, loose_key, loose_matches
 from robustfeat.data.sources import HubDataset, PythonPackage, SystemFiles
 from robustfeat.data.splits import stratified_split, subsample
 from robustfeat.errors import UnknownNameError
+from tests.models import write_image_folder
 
 
 @pytest.fixture
@@ -125,14 +126,7 @@ def test_bad_user_csv(tmp_path, content, kw, match):
 
 
 def test_image_folder(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    b = load_dataset(str(tmp_path / "imgs"))
+    b = load_dataset(str(write_image_folder(tmp_path / "imgs", ("cat", "dog"), 12, (20, 20, 3))))
     assert b.task == "image-classification" and b.label_names == ["cat", "dog"]
     assert b["train"]["image"].shape[1:] == (20, 20, 3)
     (tmp_path / "empty" / "cls").mkdir(parents=True)
@@ -229,11 +223,7 @@ def test_unlabelled_text_and_spreadsheet_bom(tmp_path):
 def test_image_folder_uses_the_common_size(tmp_path):
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(10):
-            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", ("a", "b"), 10, (30, 40, 3))
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "imgs" / "a" / "000_thumb.png")  # sorts first
     b = load_dataset(str(tmp_path / "imgs"))
     assert b["train"]["image"].shape[1:] == (30, 40, 3)

@@ -14,6 +14,7 @@ import torch
 from robustfeat.train import TrainConfig, evaluate, finetune, load_run
 from robustfeat.train.loop import TrainingError
 from robustfeat.train.state import STATE_DIR
+from tests.models import write_image_folder
 
 TINY = [  # (model, dataset) per family
     ("tiny-bert", "rotten-tomatoes"),
@@ -124,15 +125,10 @@ def _cli(*args):
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, match):
-    from PIL import Image
-
     (tmp_path / "nolabel.csv").write_text("text\n" + "".join(f"line {i}\n" for i in range(20)))
     (tmp_path / "notext.csv").write_text("body,label\na,1\nb,0\n")
     (tmp_path / "empty.csv").write_text("text,label\n")
-    for cls in ("a", "b"):
-        (tmp_path / "tiny_images" / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(10):
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "tiny_images" / cls / f"{i}.png")
+    write_image_folder(tmp_path / "tiny_images", ("a", "b"), 10, (4, 4, 3))
     args = ["finetune", "--method", "lora", "--out", str(tmp_path / "out"), "--max-examples", "16", "--no-progress"]
     args += [a.replace("{tmp}", str(tmp_path)) for a in extra]
     if args.count("--method") == 2:
