@@ -9,7 +9,9 @@ from robustfeat.metrics.corruption import (  # noqa: F401
     corruption_errors,
     mean_corruption_error,
 )
+from robustfeat.metrics.drift import effective_rank, geometry_retention, intruder_dimensions, linear_cka, relative_change  # noqa: F401
 from robustfeat.metrics.robustness import (  # noqa: F401
+    agreement,
     effective_robustness,
     fit_robustness_line,
     forgetting,

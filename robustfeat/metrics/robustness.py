@@ -44,3 +44,20 @@ def effective_robustness(id_acc: float, ood_acc: float, line: tuple[float, float
     slope, intercept = line
     predicted = 1.0 / (1.0 + np.exp(-(slope * _logit(id_acc) + intercept)))
     return float(ood_acc - predicted)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def agreement(logits_base, logits_tuned) -> tuple[float, float]:
+    """Forgetting with no labels: (top-1 agreement, mean KL(p_base || p_tuned) in nats)
+    between two models' outputs on the same probe inputs."""
+    a, b = np.asarray(logits_base, dtype=np.float64), np.asarray(logits_tuned, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or len(a) == 0:
+        raise RobustfeatError(f"logits must be two equal (N, classes) arrays, got {a.shape} and {b.shape}")
+    la, lb = _log_softmax(a), _log_softmax(b)
+    kl = (np.exp(la) * (la - lb)).sum(1)
+    return float((a.argmax(1) == b.argmax(1)).mean()), float(kl.mean())
