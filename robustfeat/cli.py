@@ -53,6 +53,21 @@ def _corruption_rows() -> list[tuple[str, ...]]:
             for n, c in CORRUPTIONS.items()]
 
 
+@listing("banks", ("bank", "version", "family", "evaluations", "what it measures"))
+def _bank_rows() -> list[tuple[str, ...]]:
+    from robustfeat.registry import BANKS
+
+    return [(n, str(b.version), b.family, ", ".join(e.evaluation for e in b.entries), b.summary)
+            for n, b in BANKS.items()]
+
+
+@listing("evaluations", ("evaluation", "families", "what it measures"))
+def _evaluation_rows() -> list[tuple[str, ...]]:
+    from robustfeat.registry import EVALUATIONS
+
+    return [(n, ", ".join(sorted(e.families)), e.summary) for n, e in EVALUATIONS.items()]
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
@@ -124,6 +139,41 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+HEADLINE = [("clean", "test", "accuracy", "clean acc"), ("ood", "mean-ood", "accuracy", "mean OOD acc"),
+            ("domains", "worst", "accuracy", "worst domain"), ("corruptions", "all", "mean_error", "corr. mean err"),
+            ("corruptions", "all", "mce", "mCE"), ("linear-probe", None, "forgetting", "probe forgetting"),
+            ("embedding-geometry", None, "geometry_spearman", "geometry rho"),
+            ("imagenet-agreement", None, "top1_agreement", "ImageNet agree"),
+            ("perplexity", None, "forgetting", "ppl increase"), ("cka", "all", "cka", "mean CKA"),
+            ("weights", "all", "intruders", "intruders")]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from robustfeat.shifts.runner import evaluate
+
+    frame = evaluate(args.checkpoints, args.out, bank=args.bank,
+                     shifts=[s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None,
+                     quick=args.quick, reference=args.reference, device=args.device, seed=args.seed,
+                     batch_size=args.batch_size, pairs=args.pairs, domain_column=args.domain_column,
+                     progress=not args.no_progress)
+    headers, rows = ["checkpoint", "method"], []
+    present = []
+    for ev, shift, metric, label in HEADLINE:
+        sel = (frame.evaluation == ev) & (frame.metric == metric) & ((frame["shift"] == shift) if shift else True)
+        if sel.any():
+            present.append((sel, label))
+    headers += [label for _, label in present]
+    for ckpt, method in frame[["checkpoint", "method"]].drop_duplicates().itertuples(index=False):
+        row = [ckpt, method]
+        for sel, _ in present:
+            vals = frame[sel & (frame.checkpoint == ckpt)]["value"]
+            row.append(f"{vals.iloc[0]:.4g}" if len(vals) else "-")
+        rows.append(tuple(row))
+    print(format_table(headers, rows))
+    print(f"{len(frame)} result rows in {args.out}/results.csv (provenance in {args.out}/results.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustfeat import __version__
 
@@ -135,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    ls = sub.add_parser("ls", help="list registered methods (and later models, datasets, shifts)")
+    ls = sub.add_parser("ls", help="list what is registered: adapters, models, datasets, corruptions, banks, evaluations")
     ls.add_argument("kind", choices=sorted(LISTABLE), help="what to list")
     ls.set_defaults(func=cmd_ls)
 
@@ -176,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--overwrite", action="store_true", help="replace a finished checkpoint in --out")
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(func=cmd_finetune)
+
+    ev = sub.add_parser("evaluate", help="run the shift bank on checkpoints; write tidy results (resumable)")
+    ev.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint folders from robustfeat finetune")
+    ev.add_argument("--out", required=True, help="results folder (created; rerun the same command to resume)")
+    ev.add_argument("--bank", help="bank name (ls banks); default: the one for the checkpoints' model family")
+    ev.add_argument("--shifts", help="comma-separated shifts or evaluations to run (e.g. fog,vader-nyt,cka)")
+    ev.add_argument("--quick", action="store_true", help="the smoke-size bank (fewer corruptions and examples)")
+    ev.add_argument("--reference", help="checkpoint used as the CE/mCE reference (default: a 'linear' checkpoint "
+                                        "of the same model and data among those evaluated)")
+    ev.add_argument("--pairs", help="YAML file adding out-of-distribution sets (format: robustfeat/shifts/ood_pairs.yaml)")
+    ev.add_argument("--domain-column", help="column whose values split the test set into domains")
+    ev.add_argument("--seed", type=int, default=0, help="seed for subsets, corruptions and bootstrap CIs (default 0)")
+    ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 
@@ -192,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustfeat: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robustfeat: interrupted (rerun the same command to resume a finetune)", file=sys.stderr)
+        print("robustfeat: interrupted (rerun the same command to resume; finished work is kept)", file=sys.stderr)
         return 130
     except OSError as e:
         import errno

@@ -90,3 +90,10 @@ DATASETS: Registry = Registry("dataset", modules=("robustfeat.data.builtin",))
 MODELS: Registry = Registry("model", modules=("robustfeat.models.zoo",))
 #: Image corruptions (ImageNet-C and its four held-out extras) as batched torch functions.
 CORRUPTIONS: Registry = Registry("corruption", modules=("robustfeat.shifts.corruptions",))
+#: Evaluations of the shift bank (clean, corruptions, domains, ood, forgetting, drift).
+EVALUATIONS: Registry = Registry("evaluation", modules=(
+    "robustfeat.shifts.clean", "robustfeat.shifts.corruption_bank", "robustfeat.shifts.domains",
+    "robustfeat.shifts.forgetting", "robustfeat.shifts.drift",
+))
+#: Banks: named, versioned lists of evaluations chosen by model family (``robustfeat ls banks``).
+BANKS: Registry = Registry("bank", modules=("robustfeat.shifts.banks",))

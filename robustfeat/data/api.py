@@ -200,8 +200,9 @@ def _text_bundle(name, parts: dict[str, list[dict]], text_column, label_column, 
         columns: dict[str, Any] = {"text": [str(r.get(col, "")) for r in rows]}
         if labelled:
             columns["label"] = np.array([index[v] for v in raw[split]], dtype=np.int64)
-        if "domain" in cols:
-            columns["domain"] = [str(r.get("domain", "")) for r in rows]
+        for extra in cols:  # other columns are kept as strings: domains, user-defined splits
+            if extra not in (col, label_column, "text", "label", "image"):
+                columns[extra] = [str(r.get(extra, "")) for r in rows]
         tables[split] = Table(columns)
     domain = "domain" if all("domain" in t for t in tables.values()) else None
     task = "text-classification" if labelled else "text"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +84,19 @@ class ImageClassifier(ModelHandle):
 
     def logits(self, inputs):
         return self.model(inputs["pixel_values"])
+
+    def model_view(self, images: np.ndarray) -> np.ndarray:
+        """``images`` as the model sees them, before normalisation: (N, S, S, 3) uint8 at the
+        model's image size (what the corruption bank corrupts, as ImageNet-C corrupts the
+        224 px crop). ``preprocess`` of the result does no further resizing."""
+        x = torch.as_tensor(np.asarray(images)).float()
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     def pretrained_logits(self, inputs) -> torch.Tensor:
         """Logits of the kept pretrained (ImageNet) head: the forgetting probes read these."""

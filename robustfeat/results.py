@@ -1,0 +1,266 @@
+"""The results folder of ``robustfeat evaluate``: one atomic file per finished cell, and the
+tidy table (``results.csv``, and ``results.parquet`` when pyarrow is installed) with its
+provenance (``results.json``).
+
+Layout::
+
+    OUT/results.json                          bank, version, checkpoints and their provenance
+    OUT/cells/RUN_ID/EVALUATION/SHIFT--sN.json  one finished cell (written atomically)
+    OUT/base/BASE_KEY/*.npz                   base-model outputs, shared by checkpoints of one base
+    OUT/results.csv, OUT/results.parquet      one row per (checkpoint, evaluation, shift, severity, metric)
+
+Rows are computed only from cell files, so a resumed run gives the same table as an
+uninterrupted one. Summary rows (mCE, worst domain, mean OOD accuracy, ...) are derived
+from the cells when the table is written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustfeat.errors import RobustfeatError
+from robustfeat.locks import locked
+
+RESULTS_FILE = "results.json"
+RESULTS_FORMAT = "robustfeat.results"
+FORMAT_VERSION = 1
+COLUMNS = ["checkpoint", "method", "model", "data", "seed", "evaluation", "shift", "severity", "metric",
+           "value", "ci_low", "ci_high", "n", "reference", "note"]
+
+
+class ResultsError(RobustfeatError):
+    """The results folder cannot be used (another bank, damaged, not a results folder)."""
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of ``text``; a short hash keeps distinct names distinct."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+    if clean != text:
+        clean = f"{clean[:80]}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+    return clean
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ResultsStore:
+    def __init__(self, root: str | os.PathLike, bank_tag: str) -> None:
+        self.root = Path(root).absolute()
+        self.bank_tag = bank_tag
+        if self.root.exists() and not self.root.is_dir():
+            raise ResultsError(f"'{self.root}' exists and is not a folder; choose another --out")
+        if self.root.is_dir() and not (self.root / RESULTS_FILE).exists():
+            if any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+                raise ResultsError(f"'{self.root}' is a non-empty folder that is not a robustfeat results folder; "
+                                   "choose another --out")
+        with self.lock():
+            meta = self._read()
+            if meta is None:
+                now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                self._write({"format": RESULTS_FORMAT, "format_version": FORMAT_VERSION, "bank": bank_tag,
+                             "created": now, "checkpoints": {}})
+            elif meta.get("bank") != bank_tag:
+                raise ResultsError(f"'{self.root}' holds results of bank {meta.get('bank')}; this evaluation uses "
+                                   f"bank {bank_tag}. Results of different banks or bank versions are not mixed: "
+                                   "choose another --out")
+
+    # --- results.json ---------------------------------------------------------------------
+    def lock(self):
+        return locked(self.root / ".results.lock", f"the results folder '{self.root}'", wait=True)
+
+    def _read(self) -> dict[str, Any] | None:
+        path = self.root / RESULTS_FILE
+        if not path.exists():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResultsError(f"'{path}' is damaged ({e}); move it away to start a new results folder") from None
+        if not isinstance(meta, dict) or meta.get("format") != RESULTS_FORMAT:
+            raise ResultsError(f"'{path}' is not a robustfeat results file; choose another --out")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ResultsError(f"'{path}' was written by a newer robustfeat (format {meta['format_version']}); "
+                               "upgrade robustfeat or choose another --out")
+        return meta
+
+    def _write(self, meta: dict[str, Any]) -> None:
+        _atomic_write(self.root / RESULTS_FILE, json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
+
+    def meta(self) -> dict[str, Any]:
+        meta = self._read()
+        assert meta is not None
+        return meta
+
+    def update(self, **fields: Any) -> None:
+        with self.lock():
+            meta = self.meta()
+            for k, v in fields.items():
+                if isinstance(v, dict) and isinstance(meta.get(k), dict):
+                    meta[k] = {**meta[k], **v}
+                else:
+                    meta[k] = v
+            self._write(meta)
+
+    # --- cells ----------------------------------------------------------------------------
+    def cell_path(self, run_id: str, cell) -> Path:
+        return self.root / "cells" / run_id / cell.evaluation / f"{safe_name(cell.shift)}--s{cell.severity}.json"
+
+    def done(self, run_id: str, cell) -> bool:
+        path = self.cell_path(run_id, cell)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False  # missing or damaged: computed again
+        return data.get("cell") == [cell.evaluation, cell.shift, cell.severity] and data.get("bank") == self.bank_tag
+
+    def write_cell(self, run_id: str, cell, rows: list[dict], seconds: float) -> None:
+        for r in rows:
+            if not isinstance(r.get("value"), float):
+                raise TypeError(f"cell {cell.key}: metric values must be floats, got {r!r}")
+        payload = {"bank": self.bank_tag, "checkpoint": run_id, "cell": [cell.evaluation, cell.shift, cell.severity],
+                   "rows": rows, "seconds": round(seconds, 3)}
+        _atomic_write(self.cell_path(run_id, cell), json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+    def cell_rows(self, run_id: str) -> list[dict]:
+        rows = []
+        base = self.root / "cells" / run_id
+        for path in sorted(base.glob("*/*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # a damaged cell is recomputed on the next run, never reported
+            if data.get("bank") != self.bank_tag:
+                continue
+            evaluation, shift, severity = data["cell"]
+            for r in data["rows"]:
+                rows.append({"evaluation": evaluation, "shift": shift, "severity": int(severity), **r})
+        return rows
+
+    # --- the tidy table -------------------------------------------------------------------
+    def write_table(self) -> Any:
+        """Rows of every checkpoint in the folder plus the summary rows, written as CSV (and
+        Parquet); returns the pandas DataFrame."""
+        import pandas as pd
+
+        with self.lock():
+            meta = self.meta()
+            checkpoints = meta["checkpoints"]
+            rows = []
+            per_run = {}
+            for run_id, info in sorted(checkpoints.items()):
+                cells = self.cell_rows(run_id)
+                per_run[run_id] = cells
+                for r in cells:
+                    rows.append(_row(run_id, info, r, reference=""))
+            for run_id, info in sorted(checkpoints.items()):
+                ref = info.get("reference")
+                for r in summary_rows(per_run[run_id], per_run.get(ref) if ref else None, ref or ""):
+                    rows.append(_row(run_id, info, r, reference=r.pop("reference", "")))
+            frame = pd.DataFrame(rows, columns=COLUMNS)
+            frame = frame.sort_values(["checkpoint", "evaluation", "shift", "severity", "metric"], kind="stable")
+            frame = frame.reset_index(drop=True)
+            tmp = self.root / f".results.csv.{os.getpid()}.tmp"
+            frame.to_csv(tmp, index=False, float_format="%.10g")
+            os.replace(tmp, self.root / "results.csv")
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                pass
+            else:
+                tmp = self.root / f".results.parquet.{os.getpid()}.tmp"
+                frame.to_parquet(tmp, index=False)
+                os.replace(tmp, self.root / "results.parquet")
+            return frame
+
+
+def _row(run_id: str, info: dict, r: dict, reference: str) -> dict:
+    return {"checkpoint": run_id, "method": info.get("method", ""), "model": info.get("model", ""),
+            "data": info.get("data", ""), "seed": info.get("seed", 0), "evaluation": r["evaluation"],
+            "shift": r["shift"], "severity": int(r.get("severity", 0)), "metric": r["metric"],
+            "value": r["value"], "ci_low": r.get("ci_low", math.nan), "ci_high": r.get("ci_high", math.nan),
+            "n": int(r.get("n", 0)), "reference": reference, "note": r.get("note", "")}
+
+
+def _summary(evaluation: str, shift: str, metric: str, value: float, n: int, note: str = "", reference: str = "") -> dict:
+    return {"evaluation": evaluation, "shift": shift, "severity": 0, "metric": metric, "value": float(value),
+            "ci_low": math.nan, "ci_high": math.nan, "n": int(n), "note": note, "reference": reference}
+
+
+def _errors(rows: list[dict]) -> tuple[dict[str, dict[int, float]], float | None]:
+    errs: dict[str, dict[int, float]] = defaultdict(dict)
+    clean = None
+    for r in rows:
+        if r["metric"] != "error":
+            continue
+        if r["evaluation"] == "corruptions":
+            errs[r["shift"]][int(r["severity"])] = r["value"]
+        elif r["evaluation"] == "clean":
+            clean = r["value"]
+    return dict(errs), clean
+
+
+def summary_rows(rows: list[dict], ref_rows: list[dict] | None, ref_id: str) -> list[dict]:
+    """Derived rows: mean corruption error, CE/mCE/relative mCE against the reference
+    checkpoint (the frozen base with a trained head, unless another is named), worst
+    domain, mean OOD accuracy, mean CKA and intruder totals."""
+    from robustfeat.metrics.corruption import COMMON, corruption_errors, mean_corruption_error
+    from robustfeat.metrics.robustness import worst_domain
+
+    out: list[dict] = []
+    errs, clean = _errors(rows)
+    if errs:
+        names = tuple(c for c in COMMON if c in errs) or tuple(sorted(errs))
+        which = "the 15 ImageNet-C corruptions" if len(names) == 15 else f"{len(names)} corruptions: {', '.join(names)}"
+        out.append(_summary("corruptions", "all", "mean_error", mean_corruption_error(errs, names),
+                            sum(len(errs[c]) for c in names), f"plain mean error over {which} (no reference)"))
+        ref_errs, ref_clean = _errors(ref_rows) if ref_rows else ({}, None)
+        shared = tuple(c for c in names if c in ref_errs and set(ref_errs[c]) == set(errs[c]))
+        if shared and clean is not None and ref_clean is not None:
+            s = corruption_errors({c: errs[c] for c in shared}, clean, reference={c: ref_errs[c] for c in shared},
+                                  reference_clean_error=ref_clean, reference_name=ref_id, corruptions=shared)
+            note = f"reference {ref_id}; over {len(shared)} corruptions"
+            out.append(_summary("corruptions", "all", "mce", s.mce, len(shared), note, ref_id))
+            if s.relative_mce is not None:
+                out.append(_summary("corruptions", "all", "relative_mce", s.relative_mce, len(shared), note, ref_id))
+            for c, v in s.ce.items():
+                out.append(_summary("corruptions", c, "ce", v, len(errs[c]), note, ref_id))
+    dom = {r["shift"]: r["value"] for r in rows if r["evaluation"] == "domains" and r["metric"] == "accuracy"}
+    if dom:
+        name, acc = worst_domain(dom)
+        out.append(_summary("domains", "worst", "accuracy", acc, len(dom), f"worst domain: {name}"))
+    ood = [r["value"] for r in rows if r["evaluation"] == "ood" and r["metric"] == "accuracy"
+           and r.get("note", "").startswith("out-of-domain")]
+    if ood:
+        out.append(_summary("ood", "mean-ood", "accuracy", float(np.mean(ood)), len(ood),
+                            "mean over the out-of-domain sets (near-domain sets excluded)"))
+    cka = [r["value"] for r in rows if r["evaluation"] == "cka" and r["metric"] == "cka" and not math.isnan(r["value"])]
+    if cka:
+        out.append(_summary("cka", "all", "cka", float(np.mean(cka)), len(cka), "mean over adapted layers"))
+    w = defaultdict(list)
+    for r in rows:
+        if r["evaluation"] == "weights":
+            w[r["metric"]].append(r["value"])
+    for metric in sorted(w):
+        vals = [v for v in w[metric] if not math.isnan(v)]
+        if metric.startswith("intruders"):
+            out.append(_summary("weights", "all", metric, float(np.sum(vals)), len(w[metric]), "total over adapted layers"))
+        elif vals:
+            out.append(_summary("weights", "all", metric, float(np.mean(vals)), len(vals), "mean over adapted layers"))
+    return out

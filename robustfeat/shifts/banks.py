@@ -1,0 +1,99 @@
+"""Banks: named, versioned lists of evaluations, one per model family by default
+(``robustfeat ls banks``). A bank's version changes whenever what its cells compute
+changes, so results of different versions are never mixed in one folder.
+
+Each entry gives the evaluation's parameters for the full bank and for ``--quick`` (a
+smoke-size bank: fewer corruptions, severities and probe examples).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustfeat.registry import BANKS, EVALUATIONS
+
+#: the quick bank's corruptions: one per family (noise, blur, weather, digital)
+QUICK_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "jpeg_compression")
+
+
+@dataclass(frozen=True)
+class Entry:
+    evaluation: str
+    params: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bank:
+    name: str
+    version: int
+    family: str
+    summary: str
+    entries: tuple[Entry, ...]
+
+    def evaluations(self, quick: bool, overrides: dict[str, dict[str, Any]] | None = None):
+        """Instantiated evaluations, in order: (name, Evaluation)."""
+        out = []
+        for e in self.entries:
+            params = {**e.params, **(e.quick if quick else {}), **((overrides or {}).get(e.evaluation, {}))}
+            out.append((e.evaluation, EVALUATIONS.get(e.evaluation)(**params)))
+        return out
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+
+def register_bank(bank: Bank) -> Bank:
+    return BANKS.register(bank.name)(bank)
+
+
+DRIFT = (Entry("cka", {"examples": 256}, {"examples": 64}), Entry("weights", {"k": 10}))
+
+register_bank(Bank(
+    name="image", version=1, family="image-classifier",
+    summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement, linear probe, drift",
+    entries=(
+        Entry("clean", {"examples": None}),
+        Entry("corruptions", {"examples": 1000}, {"examples": 128, "corruptions": QUICK_CORRUPTIONS,
+                                                   "severities": (1, 3, 5)}),
+        Entry("domains", {"examples": None}, {"examples": 256}),
+        Entry("ood", {"examples": 2000}, {"examples": 256}),
+        Entry("imagenet-agreement", {"examples": 1000}, {"examples": 128}),
+        Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
+              {"train_examples": 300, "test_examples": 200}),
+        *DRIFT,
+    ),
+))
+
+register_bank(Bank(
+    name="text", version=1, family="text-classifier",
+    summary="clean, domains, OOD sets (Amazon/NYT/tweets for Rotten Tomatoes), embedding geometry, linear probe, drift",
+    entries=(
+        Entry("clean", {"examples": None}),
+        Entry("domains", {"examples": None}, {"examples": 256}),
+        Entry("ood", {"examples": 2000}, {"examples": 256}),
+        Entry("embedding-geometry", {"examples": 500}, {"examples": 128}),
+        Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
+              {"train_examples": 300, "test_examples": 200}),
+        *DRIFT,
+    ),
+))
+
+register_bank(Bank(
+    name="causal-lm", version=1, family="causal-lm",
+    summary="validation perplexity, perplexity on generic text (news-text) before and after, drift",
+    entries=(
+        Entry("clean", {"examples": None}, {"examples": 128}),
+        Entry("perplexity", {"examples": 500}, {"examples": 64}),
+        *DRIFT,
+    ),
+))
+
+
+def bank_for_family(family: str) -> Bank:
+    for _, bank in BANKS.items():
+        if bank.family == family:
+            return bank
+    raise KeyError(family)

@@ -1,0 +1,48 @@
+"""``clean``: the checkpoint's own test split, in-distribution (accuracy with its CI,
+error, expected calibration error; perplexity for causal LMs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robustfeat.metrics import expected_calibration_error
+from robustfeat.shifts.evaluation import (
+    Cell,
+    EvalContext,
+    Evaluation,
+    accuracy_rows,
+    cell_seed,
+    metric_row,
+    predict_logits,
+    subsample,
+    register_evaluation,
+)
+
+
+@register_evaluation
+class Clean(Evaluation):
+    name = "clean"
+    summary = "the fine-tuning data's test split: accuracy (CI), error, ECE; perplexity for causal LMs"
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, "test")]
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        table = subsample(ctx.data["test"], self.params.get("examples"), ctx.options.seed)
+        if ctx.family == "causal-lm":
+            from robustfeat.train.loop import evaluate
+
+            _, ppl, n = evaluate(ctx.handle, table, ctx.options.batch_size)
+            return [metric_row("perplexity", ppl, n)]
+        return classification_rows(ctx, table, cell)
+
+
+def classification_rows(ctx: EvalContext, table, cell: Cell, note: str = "") -> list[dict]:
+    """accuracy (CI), error and ECE of the fine-tuned model on a labelled table."""
+    logits = predict_logits(ctx.handle, table, ctx.options.batch_size)
+    labels = np.asarray(table["label"])
+    correct = logits.argmax(1) == labels
+    probs = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
+    return [*accuracy_rows(correct, cell_seed(ctx.options.seed, cell), note),
+            metric_row("ece", expected_calibration_error(probs, labels), len(labels), note=note)]

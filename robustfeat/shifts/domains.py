@@ -1,0 +1,185 @@
+"""Distribution shift by domain: ``domains`` (per-domain accuracy on the fine-tuning data's
+test split, for data with a domain column) and ``ood`` (declared out-of-distribution and
+near-domain sets, read from ``ood_pairs.yaml`` and the user's ``--pairs`` file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustfeat.errors import ConfigError
+from robustfeat.shifts.clean import classification_rows
+from robustfeat.shifts.evaluation import Cell, EvalContext, Evaluation, register_evaluation, require, subsample
+
+CLASSIFIERS = frozenset({"text-classifier", "image-classifier"})
+SHIPPED_PAIRS = Path(__file__).with_name("ood_pairs.yaml")
+KINDS = ("out_of_domain", "near_domain")
+SET_KEYS = {"data", "where", "split", "dedup", "labels"}
+
+
+@register_evaluation
+class Domains(Evaluation):
+    name = "domains"
+    summary = "accuracy per value of the test split's domain column (or --domain-column); worst domain"
+    families = CLASSIFIERS
+
+    def column(self, ctx: EvalContext) -> str | None:
+        return self.params.get("column") or ctx.data.domain_column
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        col = self.column(ctx)
+        if col is None:
+            return []
+        test = ctx.data["test"]
+        require(col in test, f"--domain-column '{col}' is not a column of '{ctx.data.name}'; "
+                             f"columns: {', '.join(test.names())}")
+        return [Cell(self.name, str(v)) for v in sorted(set(map(str, test[col])))]
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        test = ctx.data["test"]
+        part = test.where(np.asarray(test[self.column(ctx)]).astype(str) == cell.shift)
+        return classification_rows(ctx, subsample(part, self.params.get("examples"), ctx.options.seed), cell)
+
+
+@dataclass(frozen=True)
+class ShiftSet:
+    name: str
+    kind: str  # out_of_domain | near_domain
+    data: str
+    where: tuple[tuple[str, str], ...] = ()
+    split: str | None = None
+    dedup: bool = False
+    #: the set's label names -> the in-domain data's label names (when they are named differently)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def read_pairs(path: str | Path) -> dict[str, list[ShiftSet]]:
+    """Parse and validate a pairs file: {in-domain dataset: [ShiftSet, ...]}."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pairs file '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"pairs file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"pairs file '{path}' must map dataset names to their shift sets")
+    out: dict[str, list[ShiftSet]] = {}
+    for dataset, kinds in raw.items():
+        if str(dataset).startswith("."):
+            continue  # holders of YAML anchors (shared snippets), not datasets
+        where = f"'{path}', dataset '{dataset}'"
+        if not isinstance(kinds, dict) or not kinds or set(kinds) - set(KINDS):
+            raise ConfigError(f"{where}: expected the keys {' and/or '.join(KINDS)}, got {kinds!r}")
+        sets = []
+        for kind, entries in kinds.items():
+            if not isinstance(entries, dict):
+                raise ConfigError(f"{where}: '{kind}' must map set names to {{data: ...}}")
+            for name, e in entries.items():
+                sets.append(_shift_set(str(name), kind, e, f"{where}, set '{name}'"))
+        out[str(dataset)] = sets
+    return out
+
+
+def _shift_set(name: str, kind: str, e: Any, where: str) -> ShiftSet:
+    if not isinstance(e, dict) or "data" not in e:
+        raise ConfigError(f"{where}: needs at least 'data: DATASET'")
+    unknown = set(e) - SET_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SET_KEYS))}")
+    filt = e.get("where") or {}
+    if not isinstance(filt, dict):
+        raise ConfigError(f"{where}: 'where' must map a column to a value")
+    split = e.get("split")
+    if split not in (None, "all", "test"):
+        raise ConfigError(f"{where}: split must be 'all' or 'test', got {split!r}")
+    if not isinstance(e.get("dedup", False), bool):
+        raise ConfigError(f"{where}: dedup must be true or false")
+    labels = e.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ConfigError(f"{where}: 'labels' must map this set's label names to the in-domain label names")
+    return ShiftSet(name, kind, str(e["data"]), tuple(sorted((str(k), str(v)) for k, v in filt.items())),
+                    split, bool(e.get("dedup", False)), tuple((str(k), str(v)) for k, v in labels.items()))
+
+
+def pairs_for(dataset: str, user_file: str | None) -> list[ShiftSet]:
+    """The shift sets of ``dataset``: the shipped ones, with the user's file adding sets or
+    replacing a dataset's entry."""
+    pairs = read_pairs(SHIPPED_PAIRS)
+    if user_file:
+        pairs.update(read_pairs(user_file))
+    return pairs.get(dataset, [])
+
+
+@register_evaluation
+class OutOfDomain(Evaluation):
+    name = "ood"
+    summary = "declared out-of-domain and near-domain sets (ood_pairs.yaml, --pairs FILE); mean OOD accuracy"
+    families = CLASSIFIERS
+
+    def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
+        return {s.name: s for s in pairs_for(ctx.record["data"]["name"], ctx.options.pairs)}
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, name) for name in self.sets(ctx)]
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        from robustfeat.data.api import load_dataset
+        from robustfeat.data.dedup import loose_keys, loose_matches
+        from robustfeat.data.table import Table
+
+        s = self.sets(ctx)[cell.shift]
+        own = ctx.data
+        if s.data == own.name:
+            bundle = own
+        else:
+            bundle = load_dataset(s.data, seed=ctx.options.seed, progress=False)
+        require(bundle.task == own.task, f"OOD set '{s.name}' ({s.data}, {bundle.task}) does not fit a model "
+                                         f"fine-tuned on '{own.name}' ({own.task})")
+        remap = _label_map(s, bundle.label_names, own.label_names, own.name)
+        split = s.split or ("test" if s.data == own.name else "all")
+        names = ["test"] if split == "test" else list(bundle.splits)
+        table = _concat([bundle[n] for n in names])
+        for col, value in s.where:
+            require(col in table, f"OOD set '{s.name}': '{s.data}' has no column '{col}'")
+            table = table.where(np.asarray(table[col]).astype(str) == value)
+        notes = [s.kind.replace("_", "-")]
+        if s.dedup:
+            require(own.input_column == "text", f"OOD set '{s.name}': dedup applies to text data only")
+            ref = loose_keys(t for n in own.splits for t in own[n]["text"])
+            dup = loose_matches(table["text"], ref)
+            notes.append(f"deduplicated against {own.name}: dropped {int(dup.sum())} of {len(table)}")
+            table = table.where(~dup)
+        require(len(table) > 0, f"OOD set '{s.name}' is empty after filtering")
+        table = subsample(table, self.params.get("examples"), ctx.options.seed)
+        if bundle.provenance.get("notes"):
+            ctx.memo.setdefault("dataset_notes", {})[s.data] = bundle.provenance["notes"]
+        labels = remap[np.asarray(table["label"])]
+        return classification_rows(ctx, Table({own.input_column: table[own.input_column], "label": labels}), cell,
+                                   note="; ".join(notes))
+
+
+def _label_map(s: ShiftSet, theirs: list[str] | None, ours: list[str] | None, own: str) -> np.ndarray:
+    """Index map from the set's label ids to the fine-tuning data's label ids."""
+    theirs, ours = list(theirs or []), list(ours or [])
+    names = dict(s.labels)
+    mapped = [names.get(n, n) for n in theirs]
+    missing = [f"{n} -> {m}" if n != m else n for n, m in zip(theirs, mapped) if m not in ours]
+    require(not missing and bool(theirs),
+            f"OOD set '{s.name}' labels {theirs} do not match '{own}' labels {ours}; map them in the pairs file, "
+            f"e.g. labels: {{{', '.join(f'{t}: {o}' for t, o in zip(theirs, ours))}}}")
+    return np.array([ours.index(m) for m in mapped], dtype=np.int64)
+
+
+def _concat(tables):
+    from robustfeat.data.table import Table
+
+    cols = set.intersection(*(set(t.names()) for t in tables))
+    return Table({c: np.concatenate([t[c] for t in tables]) for c in sorted(cols)})

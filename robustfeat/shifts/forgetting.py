@@ -1,0 +1,161 @@
+"""Forgetting probes on the pre-training task: how much of what the base model could do
+survives fine-tuning. Base-model outputs are computed once per base and reused.
+
+* ``imagenet-agreement`` (image models): top-1 agreement and KL between the base's and the
+  fine-tuned model's retained pretrained (ImageNet) heads on probe images.
+* ``linear-probe`` (image and text classifiers): a logistic-regression probe on the
+  backbone's pooled features for a held-out task, base vs fine-tuned.
+* ``embedding-geometry`` (text encoders): Spearman correlation of pairwise cosine
+  similarities of probe sentences, base vs fine-tuned.
+* ``perplexity`` (causal LMs): perplexity on generic text before and after.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robustfeat.metrics import agreement, forgetting, geometry_retention
+from robustfeat.shifts.evaluation import (
+    Cell,
+    EvalContext,
+    Evaluation,
+    embed,
+    metric_row,
+    predict_logits,
+    register_evaluation,
+    require,
+    subsample,
+)
+
+
+def _probe_table(ctx: EvalContext, data: str, split: str, n: int | None, column: str | None = None):
+    from robustfeat.data.api import load_dataset
+
+    bundle = load_dataset(data, seed=ctx.options.seed, progress=False)
+    table = subsample(bundle[split], n, ctx.options.seed)
+    return bundle, table
+
+
+def _pretrained_logits(handle, inputs):
+    return handle.pretrained_logits(inputs)
+
+
+@register_evaluation
+class ImagenetAgreement(Evaluation):
+    name = "imagenet-agreement"
+    summary = "agreement (top-1, KL) of the kept ImageNet head, base vs fine-tuned, on probe images"
+    families = frozenset({"image-classifier"})
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, "test-images")] if hasattr(ctx.handle, "pretrained_logits") else []
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        table = subsample(ctx.data["test"], self.params.get("examples"), ctx.options.seed)
+        bs = ctx.options.batch_size
+        base = ctx.base_cached("pretrained-logits", [ctx.data.fingerprint, table.fingerprint()],
+                               lambda h: {"logits": predict_logits(h, table, bs, _pretrained_logits)})["logits"]
+        tuned = predict_logits(ctx.handle, table, bs, _pretrained_logits)
+        top1, kl = agreement(base, tuned)
+        n = len(table)
+        return [metric_row("top1_agreement", top1, n), metric_row("kl_base_to_tuned", kl, n, note="nats"),
+                metric_row("forgetting", 1.0 - top1, n, note="1 - top-1 agreement")]
+
+
+#: held-out probe tasks by family, in order of preference (the fine-tuning data is skipped)
+DEFAULT_PROBES = {
+    "image-classifier": [("mnist-5k", "label"), ("digits", "label"), ("fashion-mnist", "label")],
+    "text-classifier": [("vader-sentiment", "domain"), ("news-text", "domain")],
+}
+
+
+@register_evaluation
+class LinearProbe(Evaluation):
+    name = "linear-probe"
+    summary = "logistic-regression probe on backbone features for a held-out task, base vs fine-tuned"
+    families = frozenset({"image-classifier", "text-classifier"})
+
+    def probe(self, ctx: EvalContext) -> tuple[str, str] | None:
+        if self.params.get("data"):
+            return self.params["data"], self.params.get("label", "label")
+        own = ctx.record["data"]["name"]
+        return next(((d, c) for d, c in DEFAULT_PROBES[ctx.family] if d != own), None)
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        p = self.probe(ctx)
+        return [Cell(self.name, f"{p[0]}:{p[1]}")] if p else []
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        data, column = self.probe(ctx)
+        n_train, n_test = self.params.get("train_examples", 2000), self.params.get("test_examples", 1000)
+        bundle, train = _probe_table(ctx, data, "train", n_train)
+        test = subsample(bundle["test"], n_test, ctx.options.seed)
+        require(column in train, f"probe data '{data}' has no column '{column}'")
+        classes, y = np.unique(np.concatenate([train[column], test[column]]).astype(str), return_inverse=True)
+        require(len(classes) >= 2, f"probe data '{data}' has a single class in '{column}'")
+        y_train, y_test = y[:len(train)], y[len(train):]
+        bs = ctx.options.batch_size
+
+        def features(h):
+            return {"train": embed(h, train, bs)["embedding"], "test": embed(h, test, bs)["embedding"]}
+
+        base = ctx.base_cached("probe-features", [data, column, train.fingerprint(), test.fingerprint()], features)
+        tuned = features(ctx.handle)
+        acc_base = _probe_accuracy(base["train"], y_train, base["test"], y_test)
+        acc_tuned = _probe_accuracy(tuned["train"], y_train, tuned["test"], y_test)
+        n = len(test)
+        note = f"{len(classes)} classes, {len(train)} train / {n} test"
+        return [metric_row("base_accuracy", acc_base, n, note=note), metric_row("accuracy", acc_tuned, n, note=note),
+                metric_row("retention", acc_tuned / acc_base if acc_base > 0 else float("nan"), n),
+                metric_row("forgetting", forgetting(acc_base, acc_tuned), n)]
+
+
+def _probe_accuracy(x_train, y_train, x_test, y_test) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    clf.fit(x_train.astype(np.float64), y_train)
+    return float((clf.predict(x_test.astype(np.float64)) == y_test).mean())
+
+
+@register_evaluation
+class EmbeddingGeometry(Evaluation):
+    name = "embedding-geometry"
+    summary = "Spearman of pairwise cosine similarities of probe sentences (news-text), base vs fine-tuned"
+    families = frozenset({"text-classifier"})
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, self.params.get("data", "news-text"))]
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        _, table = _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))
+        bs = ctx.options.batch_size
+        base = ctx.base_cached("probe-embeddings", [cell.shift, table.fingerprint()],
+                               lambda h: embed(h, table, bs))["embedding"]
+        rho = geometry_retention(base, embed(ctx.handle, table, bs)["embedding"])
+        return [metric_row("geometry_spearman", rho, len(table)),
+                metric_row("forgetting", 1.0 - rho, len(table), note="1 - Spearman")]
+
+
+@register_evaluation
+class Perplexity(Evaluation):
+    name = "perplexity"
+    summary = "perplexity on generic text (news-text), base vs fine-tuned"
+    families = frozenset({"causal-lm"})
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, self.params.get("data", "news-text"))]
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        from robustfeat.train.loop import evaluate
+
+        _, table = _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))
+        bs = ctx.options.batch_size
+        base = float(ctx.base_cached("perplexity", [cell.shift, table.fingerprint()],
+                                     lambda h: {"ppl": np.array(evaluate(h, table, bs)[1])})["ppl"])
+        tuned = evaluate(ctx.handle, table, bs)[1]
+        n = len(table)
+        return [metric_row("base_perplexity", base, n), metric_row("perplexity", tuned, n),
+                metric_row("forgetting", forgetting(base, tuned, higher_is_better=False), n,
+                           note="perplexity increase")]

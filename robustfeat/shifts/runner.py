@@ -1,0 +1,181 @@
+"""``evaluate(checkpoints, out)``: run a bank over fine-tuned checkpoints, cell by cell.
+
+Every finished cell is written atomically before the next starts, so a killed run
+restarted with the same command skips what is done and ends with the same table as an
+uninterrupted run. Two processes may evaluate different checkpoints into the same folder;
+one checkpoint is evaluated by one process at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from robustfeat.errors import RobustfeatError, UnknownNameError
+from robustfeat.locks import locked
+from robustfeat.registry import BANKS, CORRUPTIONS, EVALUATIONS
+from robustfeat.results import ResultsStore, safe_name
+from robustfeat.shifts.banks import Bank, bank_for_family
+from robustfeat.shifts.evaluation import BasePool, EvalContext, EvalOptions, EvaluationError
+
+log = logging.getLogger(__name__)
+
+
+def run_id(path: Path, record: dict[str, Any]) -> str:
+    """The checkpoint's name in the results: its folder name and a digest of its config
+    and weights (two different checkpoints never share an id)."""
+    from robustfeat.adapters.checkpoint import WEIGHTS_NAME
+    from robustfeat.data.cache import sha256_file
+
+    h = hashlib.sha256(record.get("config_digest", "").encode())
+    h.update(sha256_file(path / WEIGHTS_NAME).encode())
+    return f"{safe_name(path.name)}-{h.hexdigest()[:8]}"
+
+
+def _read(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    from robustfeat.train.loop import read_run
+
+    p = Path(path).expanduser().absolute()
+    if not p.is_dir():
+        raise EvaluationError(f"'{path}' is not a checkpoint folder (it {'is a file' if p.exists() else 'does not exist'}); "
+                              "pass a folder written by `robustfeat finetune`")
+    return p, read_run(p)
+
+
+def choose_bank(name: str | None, families: set[str]) -> Bank:
+    if name is not None:
+        bank = BANKS.get(name)
+        wrong = families - {bank.family}
+        if wrong:
+            raise EvaluationError(f"bank '{name}' is for {bank.family} models; the checkpoints include "
+                                  f"{', '.join(sorted(wrong))} models (robustfeat ls banks)")
+        return bank
+    if len(families) != 1:
+        raise EvaluationError(f"the checkpoints mix model families ({', '.join(sorted(families))}); evaluate each "
+                              "family separately (into different --out folders)")
+    return bank_for_family(next(iter(families)))
+
+
+def pick_reference(entries: list[tuple[Path, dict, str]], explicit: str | None) -> dict[str, str]:
+    """Each checkpoint's CE reference: ``explicit`` (a checkpoint path) when given, else a
+    ``linear`` checkpoint (frozen base + trained head) of the same model and data."""
+    refs: dict[str, str] = {}
+    if explicit is not None:
+        p = Path(explicit).expanduser().absolute()
+        match = [rid for path, _, rid in entries if path == p]
+        if not match:
+            raise EvaluationError(f"--reference '{explicit}' must be one of the checkpoints being evaluated")
+        return {rid: match[0] for _, _, rid in entries}
+    for _, rec, rid in entries:
+        for _, other, oid in entries:
+            if (other["config"]["method"] == "linear" and other["config"]["model"] == rec["config"]["model"]
+                    and other["data"]["fingerprint"] == rec["data"]["fingerprint"]):
+                refs[rid] = oid
+                break
+    return refs
+
+
+def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, bank: str | None = None,
+             shifts: list[str] | None = None, quick: bool = False, reference: str | None = None,
+             device: str | None = None, seed: int = 0, batch_size: int = 64, pairs: str | None = None,
+             domain_column: str | None = None, progress: bool = True):
+    """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
+    the tidy table (a pandas DataFrame)."""
+    from tqdm.auto import tqdm
+
+    if not checkpoints:
+        raise EvaluationError("give at least one checkpoint folder to evaluate")
+    if batch_size < 1:
+        raise EvaluationError(f"batch size must be positive, got {batch_size}")
+    if pairs is not None:
+        from robustfeat.shifts.domains import read_pairs
+
+        read_pairs(pairs)  # a bad file fails before anything runs
+    entries = []
+    for c in dict.fromkeys(map(str, checkpoints)):
+        path, record = _read(c)
+        entries.append((path, record, run_id(path, record)))
+    chosen = choose_bank(bank, {rec["model"]["family"] for _, rec, _ in entries})
+    if reference is not None and Path(reference).expanduser().absolute() not in [p for p, _, _ in entries]:
+        path, record = _read(reference)
+        entries.append((path, record, run_id(path, record)))
+    refs = pick_reference(entries, reference)
+    tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
+    store = ResultsStore(out, tag)
+    options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress, pairs=pairs)
+    overrides = {"domains": {"column": domain_column}} if domain_column else {}
+    evaluations = chosen.evaluations(quick, overrides)
+    wanted = set(shifts) if shifts else None
+    pool = BasePool()
+    store.update(provenance=_provenance(chosen, tag, quick, seed))
+    for i, (path, record, rid) in enumerate(entries):
+        ctx = EvalContext(path=path, record=record, run_id=rid, options=options, base_dir=store.root / "base", pool=pool)
+        with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
+            plan = [(name, ev, [c for c in ev.cells(ctx) if _selected(c, wanted)])
+                    for name, ev in evaluations if ctx.family in ev.families]
+            if i == 0 and wanted:
+                _check_shifts(wanted, plan)
+            store.update(checkpoints={rid: _checkpoint_info(path, record, refs.get(rid))})
+            for name, ev, cells in plan:
+                todo = [c for c in cells if not store.done(rid, c)]
+                bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"{rid} {name}", unit="cell",
+                           disable=not progress or not cells, dynamic_ncols=True)
+                for cell in todo:
+                    bar.set_postfix_str(f"{cell.shift} s{cell.severity}" if cell.severity else cell.shift)
+                    t0 = time.perf_counter()
+                    rows = ev.run(ctx, cell)
+                    store.write_cell(rid, cell, rows, time.perf_counter() - t0)
+                    bar.update(1)
+                bar.close()
+            notes = ctx.memo.get("dataset_notes")
+            if notes:
+                store.update(dataset_notes=notes)
+    return store.write_table()
+
+
+def _selected(cell, wanted: set[str] | None) -> bool:
+    return wanted is None or cell.shift in wanted or cell.evaluation in wanted
+
+
+def _check_shifts(wanted: set[str], plan) -> None:
+    known = {c.shift for _, _, cells in plan for c in cells} | {n for n, _, _ in plan}
+    every = sorted(known | set(CORRUPTIONS.names()) | set(EVALUATIONS.names()))
+    for s in sorted(wanted):
+        if s not in every:
+            close = difflib.get_close_matches(s, every, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UnknownNameError(f"unknown shift '{s}' for this bank.{hint} Shifts here: {', '.join(sorted(known))}.")
+    if not any(c for _, _, cells in plan for c in cells):
+        raise EvaluationError(f"--shifts {','.join(sorted(wanted))} selects no cell of this bank for the first checkpoint")
+
+
+def _checkpoint_info(path: Path, record: dict[str, Any], reference: str | None) -> dict[str, Any]:
+    from robustfeat.adapters.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    from robustfeat.data.cache import sha256_file
+    import json
+
+    cfg = json.loads((path / CONFIG_NAME).read_text())
+    return {"path": str(path), "method": record["config"]["method"], "model": record["config"]["model"],
+            "data": record["data"]["name"], "seed": record["seed"], "config_digest": record.get("config_digest"),
+            "weights_sha256": sha256_file(path / WEIGHTS_NAME), "base_fingerprint": cfg["base_model"]["fingerprint"],
+            "data_fingerprint": record["data"]["fingerprint"], "validation": record.get("validation"),
+            "reference": reference, "trained_with": {"git_revision": record.get("git_revision"),
+                                                      "versions": record.get("versions")}}
+
+
+def _provenance(bank: Bank, tag: str, quick: bool, seed: int) -> dict[str, Any]:
+    from robustfeat.adapters.checkpoint import _versions
+    from robustfeat.train.loop import git_revision
+
+    return {"bank": tag, "bank_version": bank.version, "quick": quick, "seed": seed, "versions": _versions(), "git_revision": git_revision(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "evaluations": {e.evaluation: {**e.params, **(e.quick if quick else {})} for e in bank.entries},
+            "mce": "CE_c = sum_s E_sc / sum_s E_sc(ref), mCE = mean_c CE_c; relative uses E_sc - E_clean; the "
+                   "reference is the checkpoint named in the 'reference' column (the frozen base with a trained "
+                   "head by default), never AlexNet here. mean_error needs no reference."}
