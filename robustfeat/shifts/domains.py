@@ -153,7 +153,8 @@ class OutOfDomain(Evaluation):
         notes = [s.kind.replace("_", "-")]
         if s.dedup:
             require(own.input_column == "text", f"OOD set '{s.name}': dedup applies to text data only")
-            ref = loose_keys(t for n in own.splits for t in own[n]["text"])
+            full = load_dataset(ctx.record["config"]["data"], seed=ctx.options.seed, progress=False)
+            ref = loose_keys(t for n in full.splits for t in full[n]["text"])  # all of it, not the trimmed copy
             dup = loose_matches(table["text"], ref)
             notes.append(f"deduplicated against {own.name}: dropped {int(dup.sum())} of {len(table)}")
             table = table.where(~dup)

@@ -1,0 +1,106 @@
+"""The text and causal-LM banks on tiny models: OOD pairs (label mapping, the deduplicated
+near-domain set), user-defined domain splits, forgetting probes, and the pairs file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robustfeat.data.dedup import loose_matches
+from robustfeat.data.api import load_dataset
+from robustfeat.errors import ConfigError
+from robustfeat.shifts.domains import pairs_for, read_pairs
+from robustfeat.shifts.runner import evaluate
+from robustfeat.train import TrainConfig, finetune
+
+pytestmark = pytest.mark.real_data
+
+
+def _run(root, name, **kw):
+    cfg = dict(max_examples=96, max_eval_examples=48, batch_size=32, checkpoint_every=100)
+    cfg.update(kw)
+    finetune(TrainConfig(**cfg), root / name, progress=False)
+    return root / name
+
+
+def _v(frame, evaluation, shift, metric):
+    sel = frame[(frame.evaluation == evaluation) & (frame["shift"] == shift) & (frame.metric == metric)]
+    assert len(sel) == 1, (evaluation, shift, metric, len(sel))
+    return sel.iloc[0]
+
+
+def test_text_bank_ood_sets_and_probes(tmp_path):
+    ckpt = _run(tmp_path, "bert", model="tiny-bert", data="rotten-tomatoes", method="lora")
+    frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False,
+                     shifts=["clean", "ood", "embedding-geometry", "linear-probe"])
+    assert set(frame.evaluation) == {"clean", "ood", "embedding-geometry", "linear-probe"}
+    ood = frame[(frame.evaluation == "ood") & (frame.metric == "accuracy")]
+    assert set(ood["shift"]) == {"vader-amazon", "vader-nyt", "vader-tweets", "vader-movie", "mean-ood"}
+    mean = _v(frame, "ood", "mean-ood", "accuracy").value
+    far = ood[ood["shift"].isin(["vader-amazon", "vader-nyt", "vader-tweets"])].value
+    assert mean == pytest.approx(far.mean())  # the near-domain movie set is not averaged in
+    movie = _v(frame, "ood", "vader-movie", "accuracy")
+    assert movie.note.startswith("near-domain") and "deduplicated against rotten-tomatoes" in movie.note
+    dropped = int(movie.note.split("dropped ")[1].split(" of")[0])
+    # recount the duplicates by hand
+    rt = load_dataset("rotten-tomatoes", progress=False)
+    vader = load_dataset("vader-sentiment", progress=False)
+    texts = np.concatenate([t["text"][t["domain"] == "movie"] for t in vader.splits.values()])
+    ref = [t for s in rt.splits.values() for t in s["text"]]
+    # the checkpoint's data is the full rotten-tomatoes (max_examples only trims train), so all splits count
+    assert dropped == int(loose_matches(texts, ref).sum()) and dropped > 1000
+    geo = _v(frame, "embedding-geometry", "news-text", "geometry_spearman").value
+    assert 0.5 < geo <= 1.0 + 1e-9
+    assert _v(frame, "embedding-geometry", "news-text", "forgetting").value == pytest.approx(1 - geo)
+    probe = frame[frame.evaluation == "linear-probe"].set_index("metric").value
+    assert probe["forgetting"] == pytest.approx(probe["base_accuracy"] - probe["accuracy"])
+    assert probe["retention"] == pytest.approx(probe["accuracy"] / probe["base_accuracy"])
+
+
+def test_user_domain_column_and_worst_domain(tmp_path):
+    rows = ["text,label,source"] + [f"{'great fun' if i % 2 else 'dull mess'} number {i},{i % 2},{'web' if i % 3 else 'print'}"
+                                    for i in range(120)]
+    data = tmp_path / "reviews.csv"
+    data.write_text("\n".join(rows) + "\n")
+    ckpt = _run(tmp_path, "bert", model="tiny-bert", data=str(data), method="vefa", epochs=2.0, lr=0.05)
+    frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False, domain_column="source",
+                     shifts=["domains"])
+    acc = frame[(frame.evaluation == "domains") & (frame.metric == "accuracy")].set_index("shift").value
+    assert {"web", "print", "worst"} <= set(acc.index)
+    assert acc["worst"] == min(acc["web"], acc["print"])
+    worst = _v(frame, "domains", "worst", "accuracy")
+    assert worst.note == f"worst domain: {'web' if acc['web'] < acc['print'] else 'print'}" or acc["web"] == acc["print"]
+
+
+def test_causal_lm_bank(tmp_path):
+    ckpt = _run(tmp_path, "gpt", model="tiny-gpt2", data="news-text", method="lora", lr=0.01)
+    frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False)
+    assert set(frame.evaluation) == {"clean", "perplexity", "cka", "weights"}
+    base = _v(frame, "perplexity", "news-text", "base_perplexity").value
+    tuned = _v(frame, "perplexity", "news-text", "perplexity").value
+    assert _v(frame, "perplexity", "news-text", "forgetting").value == pytest.approx(tuned - base)
+    assert base > 1 and tuned > 1
+    assert _v(frame, "weights", "all", "relative_change").value > 0
+
+
+def test_pairs_file_validation_and_user_pairs(tmp_path):
+    shipped = pairs_for("rotten-tomatoes", None)
+    assert {s.name for s in shipped} == {"vader-amazon", "vader-nyt", "vader-tweets", "vader-movie"}
+    assert [s.dedup for s in shipped if s.name == "vader-movie"] == [True]
+    user = tmp_path / "mine.yaml"
+    user.write_text("sst2:\n  out_of_domain:\n    imdb: {data: 'hf:imdb', split: test}\n")
+    assert [s.name for s in pairs_for("sst2", str(user))] == ["imdb"]
+    assert pairs_for("rotten-tomatoes", str(user)) == shipped  # the shipped pairs stay
+    bad = {
+        "a: [1, 2]\n": "expected the keys",
+        "a:\n  out_of_domain:\n    x: {where: {d: 1}}\n": "needs at least 'data",
+        "a:\n  out_of_domain:\n    x: {data: b, colour: red}\n": "unknown key(s) colour",
+        "a:\n  out_of_domain:\n    x: {data: b, split: train}\n": "split must be",
+        "a:\n  near_domain:\n    x: {data: b, dedup: maybe}\n": "dedup must be",
+        "a: {out_of_domain: {x: {data: b}}\n": "not valid YAML",
+        "- 1\n": "must map dataset names",
+    }
+    for text, match in bad.items():
+        user.write_text(text)
+        with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
+            read_pairs(user)
