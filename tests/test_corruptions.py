@@ -199,3 +199,36 @@ def test_corrupted_sets_are_generated_once(tmp_path, monkeypatch):
     assert not np.array_equal(first, other_seed)
     with pytest.raises(RobustfeatError, match="uint8"):
         corruption_cache.corrupted_images(imgs.astype(np.float32), "gaussian_noise", 2, key="abc")
+
+
+def test_spatter_building_blocks_match_opencv():
+    """Spatter's water drops are shaded from Canny edges, a distance transform and a
+    histogram equalisation: each is checked against OpenCV on the same input."""
+    import cv2
+    from skimage.filters import gaussian
+
+    from robustfeat.shifts.corruptions import _distance_to, _equalize_hist, canny
+
+    rng = np.random.default_rng(0)
+    for sigma, cut in ((4, 0.69), (2, 0.68)):
+        field = gaussian(rng.normal(0.65, 0.3, size=(96, 80)), sigma=sigma)
+        field[field < cut] = 0
+        img = (field * 255).astype(np.uint8)
+        ref_edges = cv2.Canny(img, 50, 150) > 0
+        got = canny(torch.tensor(img, dtype=torch.float32).view(1, 1, 96, 80), 50.0, 150.0)[0, 0].numpy()
+        assert ref_edges.sum() > 50 and (got == ref_edges).all()
+        exact = cv2.distanceTransform((~ref_edges).astype(np.uint8) * 255, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        dist = _distance_to(torch.tensor(ref_edges).view(1, 1, 96, 80))[0, 0].numpy()
+        assert np.allclose(dist, np.minimum(exact, 20), atol=1e-4)
+    # canny's weak edges join only through strong ones (hysteresis)
+    step = np.zeros((40, 40), np.uint8)
+    step[:, 20:] = 30  # Sobel magnitude 120: above the low threshold, below the high one
+    assert not canny(torch.tensor(step, dtype=torch.float32).view(1, 1, 40, 40), 50.0, 150.0).any()
+    assert (cv2.Canny(step, 50, 150) == 0).all()
+    step[:10, 20:] = 60  # a strong stretch: the weak edge below it now joins through it
+    got = canny(torch.tensor(step, dtype=torch.float32).view(1, 1, 40, 40), 50.0, 150.0)[0, 0].numpy()
+    assert got[30:].any() and (got == (cv2.Canny(step, 50, 150) > 0)).all()
+    img = rng.integers(0, 30, size=(64, 48)).astype(np.uint8)
+    img[10:30, 5:20] += 100
+    eq = _equalize_hist(torch.tensor(img, dtype=torch.float32).view(1, 1, 64, 48))[0, 0].numpy()
+    assert (eq == cv2.equalizeHist(img)).all()
