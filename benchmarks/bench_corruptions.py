@@ -85,9 +85,6 @@ def main(argv=None) -> int:
             print(f"| {name} | {r:.1f} | {o:.1f} | {sp:.1f}x |")
         n = args.images * len(severities) * len(names)
         print(f"| **all {len(names)}** | {n / total_ref:.1f} | {n / total_ours:.1f} | {total_ref / total_ours:.1f}x |")
-        missing = sorted(set(("frost", "spatter")) - set(names))
-        if missing:
-            print(f"(not yet in robustfeat, so not timed: {', '.join(missing)})")
     return 0
 
 

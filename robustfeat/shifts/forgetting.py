@@ -28,7 +28,7 @@ from robustfeat.shifts.evaluation import (
 )
 
 
-def _probe_table(ctx: EvalContext, data: str, split: str, n: int | None, column: str | None = None):
+def _probe_table(ctx: EvalContext, data: str, split: str, n: int | None):
     from robustfeat.data.api import load_dataset
 
     bundle = load_dataset(data, seed=ctx.options.seed, progress=False)
@@ -119,17 +119,24 @@ def _probe_accuracy(x_train, y_train, x_test, y_test) -> float:
     return float((clf.predict(x_test.astype(np.float64)) == y_test).mean())
 
 
-@register_evaluation
-class EmbeddingGeometry(Evaluation):
-    name = "embedding-geometry"
-    summary = "Spearman of pairwise cosine similarities of probe sentences (news-text), base vs fine-tuned"
-    families = frozenset({"text-classifier"})
+class GenericTextProbe(Evaluation):
+    """One cell on generic probe text (``data``, default ``news-text``; its test split)."""
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         return [Cell(self.name, self.params.get("data", "news-text"))]
 
+    def probe_text(self, ctx: EvalContext, cell: Cell):
+        return _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))[1]
+
+
+@register_evaluation
+class EmbeddingGeometry(GenericTextProbe):
+    name = "embedding-geometry"
+    summary = "Spearman of pairwise cosine similarities of probe sentences (news-text), base vs fine-tuned"
+    families = frozenset({"text-classifier"})
+
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
-        _, table = _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))
+        table = self.probe_text(ctx, cell)
         bs = ctx.options.batch_size
         base = ctx.base_cached("probe-embeddings", [cell.shift, table.fingerprint()],
                                lambda h: embed(h, table, bs))["embedding"]
@@ -139,18 +146,15 @@ class EmbeddingGeometry(Evaluation):
 
 
 @register_evaluation
-class Perplexity(Evaluation):
+class Perplexity(GenericTextProbe):
     name = "perplexity"
     summary = "perplexity on generic text (news-text), base vs fine-tuned"
     families = frozenset({"causal-lm"})
 
-    def cells(self, ctx: EvalContext) -> list[Cell]:
-        return [Cell(self.name, self.params.get("data", "news-text"))]
-
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
         from robustfeat.train.loop import evaluate
 
-        _, table = _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))
+        table = self.probe_text(ctx, cell)
         bs = ctx.options.batch_size
         base = float(ctx.base_cached("perplexity", [cell.shift, table.fingerprint()],
                                      lambda h: {"ppl": np.array(evaluate(h, table, bs)[1])})["ppl"])
