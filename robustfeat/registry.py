@@ -89,7 +89,7 @@ DATASETS: Registry = Registry("dataset", modules=("robustfeat.data.builtin",))
 #: The model zoo: real pretrained entries, generic loaders and tiny test models.
 MODELS: Registry = Registry("model", modules=("robustfeat.models.zoo",))
 #: Image corruptions (ImageNet-C and its four held-out extras) as batched torch functions.
-CORRUPTIONS: Registry = Registry("corruption", modules=("robustfeat.shifts.corruptions",))
+CORRUPTIONS: Registry = Registry("corruption", modules=("robustfeat.shifts.corruptions", "robustfeat.shifts.spatter"))
 #: Evaluations of the shift bank (clean, corruptions, domains, ood, forgetting, drift).
 EVALUATIONS: Registry = Registry("evaluation", modules=(
     "robustfeat.shifts.clean", "robustfeat.shifts.corruption_bank", "robustfeat.shifts.domains",

@@ -207,7 +207,7 @@ def test_spatter_building_blocks_match_opencv():
     import cv2
     from skimage.filters import gaussian
 
-    from robustfeat.shifts.corruptions import _distance_to, _equalize_hist, canny
+    from robustfeat.shifts.spatter import _distance_to, _equalize_hist, canny
 
     rng = np.random.default_rng(0)
     for sigma, cut in ((4, 0.69), (2, 0.68)):
