@@ -232,3 +232,86 @@ def test_spatter_building_blocks_match_opencv():
     img[10:30, 5:20] += 100
     eq = _equalize_hist(torch.tensor(img, dtype=torch.float32).view(1, 1, 64, 48))[0, 0].numpy()
     assert (eq == cv2.equalizeHist(img)).all()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect"])
+@pytest.mark.parametrize("sigma", [0.7, 2.24, 6.0, 20.0])  # 20: the kernel is wider than the image
+def test_gaussian_filter_matches_scipy(mode, sigma):
+    """Both code paths (shifted slices for short kernels, a banded matmul for long ones)
+    equal scipy.ndimage.gaussian_filter, borders included."""
+    from scipy import ndimage
+
+    from robustfeat.shifts.corruptions import gaussian_filter
+
+    x = torch.rand(2, 3, 40, 33, generator=torch.Generator().manual_seed(1))
+    got = gaussian_filter(x, (sigma, sigma / 2), truncate=3.0, mode=mode).numpy()
+    want = ndimage.gaussian_filter(x.numpy().astype(np.float64), (0, 0, sigma, sigma / 2), truncate=3.0, mode=mode)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("c", [60, 12, 3])
+def test_poisson_8bit_sampler_has_the_exact_distribution(c):
+    """The table sampler behind shot noise: per level, 200k draws pass a chi-square
+    goodness-of-fit test against the exact Poisson pmf (bins with expected count < 5
+    pooled; p > 1e-4, so a wrong table fails while the test is not flaky), and mean and
+    variance match lambda."""
+    from scipy import stats
+
+    from robustfeat.shifts.corruptions import poisson_8bit
+
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    for level in (0, 1, 77, 200, 255):
+        draws = poisson_8bit(torch.full((n,), float(level)), c, g).long().numpy()
+        lam = c * level / 255
+        if lam == 0:
+            assert (draws == 0).all()
+            continue
+        k = np.arange(draws.max() + 1)
+        observed = np.bincount(draws, minlength=len(k)).astype(np.float64)
+        expected = stats.poisson.pmf(k, lam) * n
+        expected[-1] += stats.poisson.sf(k[-1], lam) * n
+        keep = expected >= 5
+        obs = np.append(observed[keep], observed[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+        if exp[-1] == 0:
+            obs, exp = obs[:-1], exp[:-1]
+        assert stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-4, level
+        assert abs(draws.mean() - lam) < 5 * np.sqrt(lam / n)
+        assert abs(draws.var() - lam) < 0.03 * lam
+
+
+def test_shot_noise_off_the_8bit_grid_still_works():
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))  # not k / 255 values
+    y = corrupt(x, "shot_noise", 1, seed=0)
+    assert y.shape == x.shape and torch.equal(y, corrupt(x, "shot_noise", 1, seed=0))
+    assert 0.05 < (y - x).std() < 0.2
+
+
+def test_hysteresis_cpu_labelling_equals_the_iterative_growth():
+    from robustfeat.shifts import spatter
+
+    g = torch.Generator().manual_seed(3)
+    weak = torch.rand(3, 1, 50, 60, generator=g) < 0.45  # near the percolation threshold: long chains
+    strong = weak & (torch.rand(3, 1, 50, 60, generator=g) < 0.02)
+    want = strong
+    while True:
+        grown = weak & (torch.nn.functional.max_pool2d(want.float(), 3, stride=1, padding=1) > 0)
+        if torch.equal(grown, want):
+            break
+        want = grown
+    got = spatter.hysteresis(weak, strong)
+    assert torch.equal(got, want) and got.sum() > strong.sum()
+
+
+def test_a_fresh_corrupted_set_equals_the_cached_one_in_layout(tmp_path, monkeypatch):
+    """A freshly generated set and the same set read back from the cache are the same bytes
+    in the same memory layout (a channel-planar fresh array once made the model's
+    convolutions round differently, so results depended on whether the cache was warm)."""
+    from robustfeat.shifts.cache import corrupted_images
+
+    monkeypatch.setenv("ROBUSTFEAT_CACHE", str(tmp_path))
+    ims = (np.random.default_rng(0).random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    fresh = corrupted_images(ims, "defocus_blur", 1, key="k" * 24)
+    cached = corrupted_images(ims, "defocus_blur", 1, key="k" * 24)
+    assert np.array_equal(fresh, cached) and fresh.strides == cached.strides and fresh.flags.c_contiguous

@@ -79,7 +79,8 @@ class ImageClassifier(ModelHandle):
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
-        x = (x - self.mean) / self.std
+        # one memory layout whatever the input's strides: convolution kernels round differently per layout
+        x = ((x - self.mean) / self.std).contiguous()
         return {"pixel_values": x.to(self.device)}
 
     def logits(self, inputs):

@@ -11,7 +11,7 @@ import torch
 from robustfeat.data.cache import cache_root
 from robustfeat.errors import RobustfeatError
 from robustfeat.locks import locked
-from robustfeat.shifts.corruptions import corrupt
+from robustfeat.shifts.corruptions import CORRUPTIONS_VERSION, corrupt
 
 
 def corrupted_images(images: np.ndarray, name: str, severity: int, *, key: str, seed: int = 0,
@@ -28,7 +28,10 @@ def corrupted_images(images: np.ndarray, name: str, severity: int, *, key: str, 
     if not key or not isinstance(key, str):
         raise RobustfeatError("corrupted_images needs a key naming the images (e.g. the dataset fingerprint)")
     n, h, w = images.shape[:3]
-    path = cache_root() / "corrupted" / key[:24] / f"{name}-s{severity}-seed{seed}-b{batch_size}-{n}x{h}x{w}.npz"
+    # the code version and the device kind are in the name too: random streams differ by device
+    device_kind = torch.device(device).type
+    path = (cache_root() / "corrupted" / key[:24]
+            / f"{name}-v{CORRUPTIONS_VERSION}-s{severity}-seed{seed}-b{batch_size}-{device_kind}-{n}x{h}x{w}.npz")
     if not use_cache:
         return _generate(images, name, severity, seed, batch_size, device)
     with locked(path.with_suffix(".lock"), f"the corrupted-set cache {path.name}", wait=True):
@@ -52,7 +55,7 @@ def _generate(images: np.ndarray, name: str, severity: int, seed: int, batch_siz
         x = part.unsqueeze(1) if part.ndim == 3 else part.permute(0, 3, 1, 2)
         y = corrupt(x.float() / 255, name, severity, seed=seed * 1_000_003 + b)
         out.append((y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
+    return np.ascontiguousarray(np.concatenate(out))  # the same layout as a set read back from the cache
 
 
 def _save(path: Path, images: np.ndarray) -> None:

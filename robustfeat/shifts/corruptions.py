@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from robustfeat.errors import RobustfeatError
 from robustfeat.registry import CORRUPTIONS
 
+# Bumped whenever a corruption's output changes, so cached corrupted sets are regenerated.
+CORRUPTIONS_VERSION = 2
+
 Fn = Callable[[torch.Tensor, int, torch.Generator | None], torch.Tensor]
 
 
@@ -76,7 +79,61 @@ def gaussian_noise(x, severity, g):
 @register("shot_noise", "noise", random=True)
 def shot_noise(x, severity, g):
     c = [60, 25, 12, 5, 3][severity - 1]
+    levels = (x * 255).round_()
+    if x.device.type == "cpu" and (levels / 255 - x).abs().max() <= 1e-6:
+        return poisson_8bit(levels, c, g) / c
     return torch.poisson(x * c, generator=g) / c
+
+
+POISSON_GUIDE = 4096
+
+
+@functools.lru_cache(maxsize=8)
+def _poisson_tables(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF tables for the 256 rates c * level / 255.
+
+    ``cdf``: (256, K) float32 CDF rows, the last column forced to 1. ``guide``: (256 *
+    POISSON_GUIDE,) int32, for each level and cell j of [0, 1) in POISSON_GUIDE equal cells,
+    2 * (the smallest count whose CDF exceeds j / POISSON_GUIDE) + 1 if a CDF step falls
+    inside the cell (the answer then needs a check), + 0 if not (the answer is final).
+    """
+    lam = torch.arange(256, dtype=torch.float64).view(-1, 1) * c / 255
+    kmax = int(c + 12 * math.sqrt(c) + 30)
+    k = torch.arange(kmax + 1, dtype=torch.float64).view(1, -1)
+    logpmf = k * torch.log(lam.clamp(min=1e-300)) - lam - torch.lgamma(k + 1)
+    cdf = torch.where(lam > 0, logpmf.exp(), (k == 0).double()).cumsum(1).float()
+    cdf[:, -1] = 1.0  # the mass beyond kmax (< 1e-15) goes to the last count
+    cells = torch.arange(POISSON_GUIDE + 1, dtype=torch.float32) / POISSON_GUIDE
+    first = torch.searchsorted(cdf, cells.expand(256, -1).contiguous(), right=True)
+    start, end = first[:, :-1], first[:, 1:]
+    ambiguous = end > start  # the CDF steps past a count inside the cell
+    return cdf, (start * 2 + ambiguous).int().reshape(-1)
+
+
+def poisson_8bit(levels: torch.Tensor, c: int, g: torch.Generator | None) -> torch.Tensor:
+    """Poisson(c * levels / 255) samples for integer-valued float ``levels`` in 0..255 by
+    inverse-CDF sampling: one uniform draw per value; a guide table gives the answer
+    directly for most draws, and the few that land in a cell holding a CDF step walk up
+    from there. Exact up to the float32 resolution of the uniforms; about 3x faster than
+    torch.poisson on CPU."""
+    cdf, guide = _poisson_tables(c)
+    u = torch.rand(levels.shape, generator=g, device=levels.device).reshape(-1)
+    key = levels.reshape(-1).mul(POISSON_GUIDE).add_(u.mul(POISSON_GUIDE).floor_().clamp_(max=POISSON_GUIDE - 1))
+    hit = guide.index_select(0, key.int())
+    k = hit.bitwise_right_shift(1)
+    idx = hit.bitwise_and_(1).nonzero().squeeze(1)
+    if len(idx):
+        sub_k = k[idx]
+        row = levels.reshape(-1)[idx].long() * cdf.shape[1]
+        sub_u = u[idx]
+        flat_cdf = cdf.reshape(-1)
+        active = torch.arange(len(idx))
+        while len(active):  # step up while the CDF at k is still <= u
+            up = flat_cdf[row[active] + sub_k[active]] <= sub_u[active]
+            active = active[up]
+            sub_k[active] += 1
+        k[idx] = sub_k
+    return k.reshape(levels.shape).float()
 
 
 @register("impulse_noise", "noise", random=True)
@@ -95,22 +152,59 @@ def speckle_noise(x, severity, g):
 
 
 # --- blur -----------------------------------------------------------------------------------
-def _gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
-    radius = int(4.0 * sigma + 0.5)  # scipy's truncate=4
+def _border_index(n: int, r: int, mode: str, device: torch.device) -> torch.Tensor:
+    """Source index of each of the n + 2r padded positions under scipy's border ``mode``:
+    'nearest' (a a | a b c | c c) or 'reflect' (b a | a b c | c b)."""
+    idx = torch.arange(-r, n + r, device=device)
+    if mode == "nearest":
+        return idx.clamp(0, n - 1)
+    idx = idx % (2 * n)
+    return torch.where(idx >= n, 2 * n - 1 - idx, idx)
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_matrix(n: int, kernel: tuple[float, ...], mode: str) -> torch.Tensor:
+    """(n, n) matrix M with ``x @ M`` = the 1-D correlation of x's last axis with ``kernel``."""
+    r = (len(kernel) - 1) // 2
+    src = _border_index(n, r, mode, torch.device("cpu")).unfold(0, len(kernel), 1)  # (n, taps)
+    dst = torch.arange(n).view(-1, 1).expand_as(src)
+    k = torch.tensor(kernel, dtype=torch.float64).expand_as(src)
+    m = torch.zeros(n, n, dtype=torch.float64).index_put_((src.reshape(-1), dst.reshape(-1)), k.reshape(-1), accumulate=True)
+    return m.float()
+
+
+def filter1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str = "nearest") -> torch.Tensor:
+    """Correlate ``x`` with an odd 1-D ``kernel`` along ``dim`` (-1 or -2), scipy border
+    ``mode``. Short kernels: a sum of shifted slices; long ones: one banded matmul (both
+    far faster on CPU than a depthwise convolution)."""
+    n, taps = x.shape[dim], len(kernel)
+    if taps > 17:
+        m = _filter_matrix(n, tuple(kernel.tolist()), mode).to(x.device)
+        return x @ m if dim == -1 else m.t() @ x
+    r = (taps - 1) // 2
+    xp = x.index_select(dim, _border_index(n, r, mode, x.device))
+    weights = kernel.tolist()
+    out = xp.narrow(dim, 0, n) * weights[0]
+    for i in range(1, taps):
+        out.add_(xp.narrow(dim, i, n), alpha=weights[i])
+    return out
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0, device: torch.device | None = None) -> torch.Tensor:
+    """scipy.ndimage's sampled Gaussian: radius int(truncate * sigma + 0.5), normalised."""
+    radius = int(truncate * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
 
 
-def gaussian_filter(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with edge replication (scipy's mode='nearest')."""
-    k = _gaussian_kernel(sigma, x.device)
-    r = (len(k) - 1) // 2
-    c = x.shape[1]
-    x = F.pad(x, (r, r, 0, 0), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.pad(x, (0, 0, r, r), mode="replicate")
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], truncate: float = 4.0,
+                    mode: str = "nearest") -> torch.Tensor:
+    """Separable Gaussian blur as scipy.ndimage.gaussian_filter on the last two axes
+    (``sigma`` one value or (sigma_y, sigma_x); default border 'nearest', edge replication)."""
+    sy, sx = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
+    x = filter1d(x, gaussian_kernel(sx, truncate, x.device), -1, mode)
+    return filter1d(x, gaussian_kernel(sy, truncate, x.device), -2, mode)
 
 
 GLASS_VARIANTS = 16
@@ -363,34 +457,6 @@ def frost(x, severity, g):
     return torch.stack(out)
 
 
-def _pad_symmetric(x: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
-    """Half-sample symmetric padding (scipy's mode='reflect': b a | a b c d | d c)."""
-
-    def pad(t: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-        n = t.shape[dim]
-        idx = torch.arange(-r, n + r, device=t.device) % (2 * n)
-        idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
-        return t.index_select(dim, idx)
-
-    return pad(pad(x, ry, -2), rx, -1)
-
-
-def _gaussian_reflect(x: torch.Tensor, sigma_y: float, sigma_x: float, truncate: float = 3.0) -> torch.Tensor:
-    """Separable Gaussian with scipy's mode='reflect' borders, per-axis sigma."""
-    def kernel(sigma: float) -> torch.Tensor:
-        r = int(truncate * sigma + 0.5)
-        t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        return k / k.sum()
-
-    ky, kx = kernel(sigma_y), kernel(sigma_x)
-    ry, rx = (len(ky) - 1) // 2, (len(kx) - 1) // 2
-    xp = _pad_symmetric(x, ry, rx)
-    c = x.shape[1]
-    xp = F.conv2d(xp, kx.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(xp, ky.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def elastic_warp(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Sample ``x`` at (row + dy, col + dx) with linear interpolation and half-sample
     symmetric borders (scipy's map_coordinates(order=1, mode='reflect')). dx, dy: (N, H, W)."""
@@ -408,7 +474,7 @@ def elastic_transform(x, severity, g):
     n, _, h, w = x.shape
     max_d = h * 0.005
     fields = (torch.rand((n, 2, h, w), generator=g, device=x.device) * 2 - 1) * max_d
-    fields = _gaussian_reflect(fields, 0.01 * h, 0.01 * w) * alpha
+    fields = gaussian_filter(fields, (0.01 * h, 0.01 * w), truncate=3.0, mode="reflect") * alpha
     return elastic_warp(x, fields[:, 0], fields[:, 1])
 
 
@@ -488,6 +554,6 @@ def jpeg_compression(x, severity, g):
     from torchvision.io import decode_jpeg, encode_jpeg
 
     quality = [25, 18, 15, 10, 7][severity - 1]
-    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-    out = [decode_jpeg(encode_jpeg(im, quality=quality)) for im in u8]  # (a thread pool measured slower)
-    return torch.stack(out).to(x.device, torch.float32) / 255
+    u8 = x.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu()
+    out = decode_jpeg(encode_jpeg(list(u8), quality=quality))  # the list forms: one call each
+    return torch.stack(out).to(x.device, torch.float32).div_(255)

@@ -4,6 +4,7 @@ Canny, distance transform and histogram equalisation, which live here with it.""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,22 +21,37 @@ def _box3(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
 
 
+def correlate3x3(p: torch.Tensor, kernel: tuple[tuple[float, ...], ...]) -> torch.Tensor:
+    """3x3 correlation of an already padded (N, C, H + 2, W + 2) batch, as a sum of shifted
+    slices over the non-zero taps (much faster on CPU than a one-channel conv2d)."""
+    h, w = p.shape[-2] - 2, p.shape[-1] - 2
+    out = torch.zeros(p.shape[:-2] + (h, w), dtype=p.dtype, device=p.device)
+    for dy, row in enumerate(kernel):
+        for dx, weight in enumerate(row):
+            if weight:
+                out.add_(p[..., dy:dy + h, dx:dx + w], alpha=weight)
+    return out
+
+
 def _distance_to(edges: torch.Tensor, limit: int = 20) -> torch.Tensor:
     """Euclidean distance from each pixel to the nearest edge pixel, capped at ``limit``:
-    exact within the cap, by two separable passes of shifted minima (batched, any device)."""
+    exact within the cap (batched, any device). Along rows the squared distance to the
+    nearest edge comes from running maxima/minima of edge positions; down columns, the
+    exact squared distance is the minimum over shifts k of row distance + k^2."""
     big = float(4 * limit * limit + 1)
     h, w = edges.shape[-2:]
-    d = torch.where(edges, 0.0, big).float()
-    for dim, size in ((-1, w), (-2, h)):
-        pad = (limit, limit, 0, 0) if dim == -1 else (0, 0, limit, limit)
-        p = F.pad(d, pad, value=big)
-        best = d.clone()
-        for k in range(-limit, limit + 1):
-            if k:
-                part = p.narrow(dim, limit + k, size)
-                best = torch.minimum(best, part + k * k)
-        d = best
-    return d.clamp(max=big).sqrt().clamp(max=float(limit))
+    cols = torch.arange(w, device=edges.device, dtype=torch.float32)
+    far = float(w + limit + 1)
+    left = torch.where(edges, cols, -far).cummax(-1).values  # the nearest edge at or left of each pixel
+    right = torch.where(edges, cols, 2 * far).flip(-1).cummin(-1).values.flip(-1)
+    dx = torch.minimum(cols - left, right - cols)
+    d = torch.where(dx <= limit, dx * dx, big)
+    p = F.pad(d, (0, 0, limit, limit), value=big)
+    best = d.clone()
+    for k in range(-limit, limit + 1):
+        if k:
+            torch.minimum(best, p.narrow(-2, limit + k, h) + k * k, out=best)
+    return best.sqrt().clamp(max=float(limit))
 
 
 _TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)
@@ -44,9 +60,9 @@ _TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)
 def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """OpenCV's Canny (3x3 Sobel, L1 magnitude, its tie-breaking non-maximum suppression,
     8-connected hysteresis) on (N, 1, H, W) integer-valued images -> bool edges."""
-    sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=img.device).view(1, 1, 3, 3)
     p = F.pad(img.float(), (1, 1, 1, 1), mode="replicate")
-    gx, gy = F.conv2d(p, sx), F.conv2d(p, sx.transpose(2, 3))
+    gx = correlate3x3(p, ((-1, 0, 1), (-2, 0, 2), (-1, 0, 1)))
+    gy = correlate3x3(p, ((-1, -2, -1), (0, 0, 0), (1, 2, 1)))
     mag = gx.abs() + gy.abs()
     h, w = mag.shape[-2:]
     mp = F.pad(mag, (1, 1, 1, 1))  # zero magnitude beyond the border
@@ -65,9 +81,26 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     # diagonal: compare with (row - 1, col - s) and (row + 1, col + s)
     keep_d = torch.where(s < 0, (mag > at(-1, 1)) & (mag > at(1, -1)), (mag > at(-1, -1)) & (mag > at(1, 1)))
     peak = torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d)) & (mag > low)
-    edges = peak & (mag > high)
-    for _ in range(h * w):  # grow strong edges along weak ones until nothing changes
-        grown = peak & (F.max_pool2d(edges.float(), 3, stride=1, padding=1) > 0)
+    return hysteresis(peak, peak & (mag > high))
+
+
+def hysteresis(weak: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``weak`` (N, 1, H, W) 8-connected to a pixel of ``strong`` through
+    ``weak``. On CPU by connected-component labelling (scipy); elsewhere by growing the
+    strong set one ring at a time until it stops changing (the same result)."""
+    if weak.device.type == "cpu":
+        from scipy import ndimage
+
+        structure = np.zeros((3, 3, 3, 3), dtype=bool)
+        structure[1, 1] = True  # 8-connected within an image, never across images
+        labels, count = ndimage.label(weak.numpy(), structure=structure)
+        keep = np.zeros(count + 1, dtype=bool)
+        keep[labels[strong.numpy()]] = True
+        keep[0] = False
+        return torch.from_numpy(keep[labels])
+    edges = strong
+    for _ in range(weak.shape[-2] * weak.shape[-1]):
+        grown = weak & (F.max_pool2d(edges.float(), 3, stride=1, padding=1) > 0)
         if torch.equal(grown, edges):
             break
         edges = grown
@@ -111,8 +144,8 @@ def spatter(x, severity, g):
     dist = _distance_to(edges).clamp(max=20.0)
     dist = torch.floor(_box3(dist))
     dist = _equalize_hist(dist)
-    emboss = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]], device=x.device).view(1, 1, 3, 3)
-    dist = torch.round(F.conv2d(F.pad(dist, (1, 1, 1, 1), mode="reflect"), emboss)).clamp(0, 255)
+    emboss = ((-2, -1, 0), (-1, 1, 1), (0, 1, 2))
+    dist = torch.round(correlate3x3(F.pad(dist, (1, 1, 1, 1), mode="reflect"), emboss)).clamp(0, 255)
     dist = torch.round(_box3(dist))  # OpenCV blurs the 8-bit image: rounded
     m = level / 255 * dist
     m = m / m.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12) * strength
