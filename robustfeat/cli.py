@@ -144,6 +144,7 @@ HEADLINE = [("clean", "test", "accuracy", "clean acc"), ("ood", "mean-ood", "acc
             ("corruptions", "all", "mce", "mCE"), ("linear-probe", None, "forgetting", "probe forgetting"),
             ("embedding-geometry", None, "geometry_spearman", "geometry rho"),
             ("imagenet-agreement", None, "top1_agreement", "ImageNet agree"),
+            ("imagenet-accuracy", None, "accuracy", "ImageNet acc"),
             ("perplexity", None, "forgetting", "ppl increase"), ("cka", "all", "cka", "mean CKA"),
             ("weights", "all", "intruders", "intruders")]
 
@@ -155,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      shifts=[s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None,
                      quick=args.quick, reference=args.reference, device=args.device, seed=args.seed,
                      batch_size=args.batch_size, pairs=args.pairs, domain_column=args.domain_column,
-                     progress=not args.no_progress)
+                     imagenet=args.imagenet, progress=not args.no_progress)
     headers, rows = ["checkpoint", "method"], []
     present = []
     for ev, shift, metric, label in HEADLINE:
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "of the same model and data among those evaluated)")
     ev.add_argument("--pairs", help="YAML file adding out-of-distribution sets (format: robustfeat/shifts/ood_pairs.yaml)")
     ev.add_argument("--domain-column", help="column whose values split the test set into domains")
+    ev.add_argument("--imagenet", metavar="DIR", help="ImageNet-layout folder (class folders n01440764/... or 0/...): "
+                                                      "accuracy of the kept ImageNet head, base vs fine-tuned")
     ev.add_argument("--seed", type=int, default=0, help="seed for subsets, corruptions and bootstrap CIs (default 0)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")

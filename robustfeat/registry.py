@@ -93,7 +93,7 @@ CORRUPTIONS: Registry = Registry("corruption", modules=("robustfeat.shifts.corru
 #: Evaluations of the shift bank (clean, corruptions, domains, ood, forgetting, drift).
 EVALUATIONS: Registry = Registry("evaluation", modules=(
     "robustfeat.shifts.clean", "robustfeat.shifts.corruption_bank", "robustfeat.shifts.domains",
-    "robustfeat.shifts.forgetting", "robustfeat.shifts.drift",
+    "robustfeat.shifts.forgetting", "robustfeat.shifts.imagenet", "robustfeat.shifts.drift",
 ))
 #: Banks: named, versioned lists of evaluations chosen by model family (``robustfeat ls banks``).
 BANKS: Registry = Registry("bank", modules=("robustfeat.shifts.banks",))

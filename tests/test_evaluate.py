@@ -77,7 +77,7 @@ def test_quick_image_bank_rows_and_provenance(quick, cnn):
     assert _v(frame, "tiny-cnn-lora", "weights", "all", "relative_change") > 0.0
     # provenance
     meta = json.loads((out / "results.json").read_text())
-    assert meta["bank"] == "image-v1-quick"
+    assert meta["bank"] == "image-v2-quick"
     assert {"versions", "git_revision", "seed", "date", "mce"} <= set(meta["provenance"])
     (rid, info), = [(k, v) for k, v in meta["checkpoints"].items() if k.startswith("tiny-cnn-lora")]
     assert info["weights_sha256"] == sha256_file(cnn["lora"] / "adapter_model.safetensors")
@@ -216,7 +216,9 @@ def test_bad_input_is_one_line_and_leaves_results_alone(cnn, quick, tmp_path, ca
         ([cnn["lora"], "--pairs", pairs, "--out", tmp_path / "o4"], "expected the keys"),
         ([cnn["lora"], "--pairs", tmp_path / "nope.yaml", "--out", tmp_path / "o4"], "does not exist"),
         ([cnn["lora"], "--reference", tmp_path, "--out", tmp_path / "o5"], "no robustfeat.json"),
-        ([cnn["lora"], "--out", out, "--seed", "0"], "holds results of bank image-v1-quick"),
+        ([cnn["lora"], "--out", out, "--seed", "0"], "holds results of bank image-v2-quick"),
+        ([cnn["lora"], "--quick", "--imagenet", tmp_path / "no-such-dir", "--out", out], "--imagenet folder"),
+        ([cnn["lora"], "--quick", "--imagenet", junk, "--out", out], "no images in class sub-folders"),
     ]
     from robustfeat.cli import main
 
@@ -257,3 +259,76 @@ def test_ls_banks_and_evaluations():
     for name in ("clean", "corruptions", "domains", "ood", "imagenet-agreement", "linear-probe",
                  "embedding-geometry", "perplexity", "cka", "weights"):
         assert name in r.stdout
+
+
+def _imagenet_folder(root, names):
+    """A small ImageNet-layout folder: class sub-folders, photos of assorted sizes."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            im = photos[(c + i) % 2]
+            h, w = rng.integers(40, 120, size=2)
+            y, x = rng.integers(0, im.shape[0] - h), rng.integers(0, im.shape[1] - w)
+            Image.fromarray(im[y:y + h, x:x + w]).save(root / name / f"img{i}.png")
+    return root
+
+
+def test_imagenet_folder_accuracy_by_hand(cnn, tmp_path):
+    """--imagenet DIR: the kept head's accuracy on the folder equals a hand computation;
+    a linear-probe checkpoint (backbone frozen) forgets nothing; folders named by WordNet ID
+    give the same numbers as folders named by class index."""
+    import torch
+
+    from robustfeat.shifts.imagenet import imagenet_wnids, load_images, read_imagenet_folder
+    from robustfeat.train.loop import load_run
+
+    by_index = _imagenet_folder(tmp_path / "idx", ["0", "1", "3"])
+    by_wnid = _imagenet_folder(tmp_path / "wnid", [imagenet_wnids()[i] for i in (0, 1, 3)])
+    frames = {}
+    for name, folder in (("idx", by_index), ("wnid", by_wnid)):
+        frames[name] = evaluate([cnn["lora"], cnn["linear"]], tmp_path / f"res-{name}", quick=True,
+                                shifts=["imagenet-accuracy"], imagenet=str(folder), progress=False)
+    f = frames["idx"]
+    assert set(f.evaluation) == {"imagenet-accuracy"}
+    handle, _, _ = load_run(cnn["lora"])
+    table = load_images(read_imagenet_folder(by_index), handle.image_size)
+    assert table["image"].shape == (18, 32, 32, 3) and sorted(set(table["label"])) == [0, 1, 3]
+    with torch.no_grad():
+        pred = handle.pretrained_logits(handle.preprocess(table)).argmax(1).numpy()
+    acc = _v(f, "tiny-cnn-lora", "imagenet-accuracy", f.loc[0, "shift"], "accuracy")
+    assert acc == pytest.approx((pred == table["label"]).mean())
+    shift = f.loc[0, "shift"]
+    assert _v(f, "tiny-cnn-linear", "imagenet-accuracy", shift, "forgetting") == 0
+    assert _v(f, "tiny-cnn-linear", "imagenet-accuracy", shift, "base_accuracy") == \
+        _v(f, "tiny-cnn-lora", "imagenet-accuracy", shift, "base_accuracy")
+    cols = ["metric", "value"]
+    assert frames["idx"][cols].equals(frames["wnid"][cols])
+
+
+@pytest.mark.parametrize("layout, match", [
+    (None, "does not exist"),
+    ({"cats": 1}, "WordNet IDs"),
+    ({"1000": 1}, "WordNet IDs"),
+    ({"0": 0}, "no images"),
+    ({"0": "broken"}, "cannot read image"),
+])
+def test_imagenet_folder_bad_input(cnn, tmp_path, layout, match):
+    from robustfeat.errors import RobustfeatError
+
+    root = tmp_path / "folder"
+    if layout is not None:
+        for name, n in layout.items():
+            (root / name).mkdir(parents=True)
+            if n == "broken":
+                (root / name / "x.jpg").write_bytes(b"not a jpeg")
+            else:
+                for i in range(n):
+                    (root / name / f"{i}.png").write_bytes(b"")
+    out = tmp_path / "res"
+    with pytest.raises(RobustfeatError, match=match):
+        evaluate([cnn["lora"]], out, quick=True, shifts=["imagenet-accuracy"], imagenet=str(root), progress=False)

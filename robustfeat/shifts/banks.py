@@ -52,8 +52,9 @@ def register_bank(bank: Bank) -> Bank:
 DRIFT = (Entry("cka", {"examples": 256}, {"examples": 64}), Entry("weights", {"k": 10}))
 
 register_bank(Bank(
-    name="image", version=1, family="image-classifier",
-    summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement, linear probe, drift",
+    name="image", version=2, family="image-classifier",
+    summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement (and accuracy on "
+            "--imagenet DIR), linear probe, drift",
     entries=(
         Entry("clean", {"examples": None}),
         Entry("corruptions", {"examples": 1000}, {"examples": 128, "corruptions": QUICK_CORRUPTIONS,
@@ -61,6 +62,7 @@ register_bank(Bank(
         Entry("domains", {"examples": None}, {"examples": 256}),
         Entry("ood", {"examples": 2000}, {"examples": 256}),
         Entry("imagenet-agreement", {"examples": 1000}, {"examples": 128}),
+        Entry("imagenet-accuracy", {"examples": 5000}, {"examples": 256}),
         Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
               {"train_examples": 300, "test_examples": 200}),
         *DRIFT,

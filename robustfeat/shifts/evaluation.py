@@ -74,6 +74,8 @@ class EvalOptions:
     progress: bool = True
     #: extra OOD pairs (a YAML file) next to the shipped ones
     pairs: str | None = None
+    #: an ImageNet-layout folder for the kept head's accuracy (imagenet-accuracy)
+    imagenet: str | None = None
 
 
 class BasePool:

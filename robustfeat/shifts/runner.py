@@ -84,7 +84,7 @@ def pick_reference(entries: list[tuple[Path, dict, str]], explicit: str | None) 
 def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, bank: str | None = None,
              shifts: list[str] | None = None, quick: bool = False, reference: str | None = None,
              device: str | None = None, seed: int = 0, batch_size: int = 64, pairs: str | None = None,
-             domain_column: str | None = None, progress: bool = True):
+             domain_column: str | None = None, imagenet: str | None = None, progress: bool = True):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame)."""
     from tqdm.auto import tqdm
@@ -97,6 +97,10 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
         from robustfeat.shifts.domains import read_pairs
 
         read_pairs(pairs)  # a bad file fails before anything runs
+    if imagenet is not None:
+        from robustfeat.shifts.imagenet import read_imagenet_folder
+
+        read_imagenet_folder(imagenet)  # so does a bad folder
     entries = []
     for c in dict.fromkeys(map(str, checkpoints)):
         path, record = _read(c)
@@ -108,7 +112,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     refs = pick_reference(entries, reference)
     tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
     store = ResultsStore(out, tag)
-    options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress, pairs=pairs)
+    options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress, pairs=pairs,
+                          imagenet=imagenet)
     overrides = {"domains": {"column": domain_column}} if domain_column else {}
     evaluations = chosen.evaluations(quick, overrides)
     wanted = set(shifts) if shifts else None
