@@ -24,6 +24,7 @@ help:
 	@echo "make clean       remove the virtual environment"
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+REPORT_PACKAGES := chromium chromium-driver poppler-utils
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) requirements/no-deps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) requirements/no-deps.txt
 	    (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
 	  else \
 	    echo "note: fashion-mnist needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)"; \
+	  fi; \
+	fi
+	@missing=""; for t in chromium chromedriver pdftoppm; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium, chromium-driver and poppler-utils (the report tests use them)"; \
+	    (apt-get install -y -q $(REPORT_PACKAGES) || (apt-get update -q && apt-get install -y -q $(REPORT_PACKAGES))) >/dev/null; \
+	  else \
+	    echo "note: the report tests need: sudo apt-get install $(REPORT_PACKAGES)"; \
 	  fi; \
 	fi
 	@touch $@

@@ -175,6 +175,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustfeat.report import build_report
+
+    out = build_report(args.results, args.out, format=args.format, title=args.title)
+    print(f"report: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustfeat import __version__
 
@@ -245,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
+
+    rp = sub.add_parser("report", help="HTML or PDF report comparing one or more results folders")
+    rp.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="folders written by robustfeat evaluate --out")
+    rp.add_argument("--out", required=True, help="report file (.html or .pdf)")
+    rp.add_argument("--format", choices=["html", "pdf"], help="default: from the --out suffix, else html")
+    rp.add_argument("--title", help="report title (default: the models and datasets compared)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

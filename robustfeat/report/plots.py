@@ -1,0 +1,364 @@
+"""Plots of results: the tidy results frame in (``load_results(...).frame``), a matplotlib
+``Figure`` out. No files are read or written here and pyplot's global state is not used,
+so the functions are safe in notebooks, servers and tests.
+
+Every figure states its metric and units in the axis labels, and in a footnote the number
+of seeds and what the error bars are. ``PLOTS`` lists them with the evaluations each one
+needs; :func:`available` says which can be drawn for a frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from robustfeat.errors import RobustfeatError
+from robustfeat.metrics.robustness import fit_robustness_line
+from robustfeat.report.summary import GROUP, per_checkpoint
+
+REFERENCE_METHODS = ("linear",)  # the frozen base with a trained head: "the base" in plots
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+
+
+def _label(model: str, data: str, method: str, many: bool) -> str:
+    return f"{method} ({model} / {data})" if many else method
+
+
+def _groups(frame: pd.DataFrame) -> tuple[list[tuple[str, str, str]], bool]:
+    groups = sorted({tuple(g) for g in frame[GROUP].drop_duplicates().itertuples(index=False)})
+    return groups, len({(m, d) for m, d, _ in groups}) > 1
+
+
+def _color(groups: list, g: tuple) -> str:
+    return COLORS[groups.index(g) % len(COLORS)]
+
+
+def _seed_note(frame: pd.DataFrame) -> str:
+    seeds = frame.groupby(GROUP)["seed"].nunique()
+    lo, hi = int(seeds.min()), int(seeds.max())
+    return f"{lo} seed{'s' if lo != 1 else ''} per method" if lo == hi else f"{lo}-{hi} seeds per method"
+
+
+def _interval(vals: np.ndarray) -> float:
+    """Half-width of the 95% t-interval of the mean over seeds (0 for one seed)."""
+    from scipy import stats
+
+    vals = vals[~np.isnan(vals)]
+    if len(vals) < 2:
+        return 0.0
+    return float(stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals)))
+
+
+def _footnote(fig: Figure, text: str) -> None:
+    fig.text(0.01, 0.005, text, fontsize=7.5, color="#444444", ha="left", va="bottom", wrap=True)
+
+
+def _need(frame: pd.DataFrame, evaluation: str, what: str) -> pd.DataFrame:
+    rows = frame[frame.evaluation == evaluation]
+    if rows.empty:
+        raise RobustfeatError(f"no '{evaluation}' rows in these results: the {what} plot needs them "
+                              f"(run robustfeat evaluate with a bank that has '{evaluation}')")
+    return rows
+
+
+def id_vs_ood(frame: pd.DataFrame) -> Figure:
+    """ID accuracy vs mean OOD accuracy: one small point per checkpoint (seed), a large
+    marker with 95% error bars per method, the base (``linear``) as a star, and the
+    effective-robustness line (logit-linear) fitted on the base points."""
+    _need(frame, "ood", "ID vs OOD")
+    pc = per_checkpoint(frame)
+    pc = pc.dropna(subset=["id_acc", "ood_acc"]) if {"id_acc", "ood_acc"} <= set(pc) else pc.iloc[:0]
+    if pc.empty:
+        raise RobustfeatError("the ID vs OOD plot needs clean and mean-OOD accuracy rows for the same checkpoints")
+    groups, many = _groups(pc)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    for g in groups:
+        part = pc[(pc.model == g[0]) & (pc.data == g[1]) & (pc.method == g[2])]
+        x, y = part.id_acc.to_numpy(float), part.ood_acc.to_numpy(float)
+        base = g[2] in REFERENCE_METHODS
+        c = _color(groups, g)
+        ax.scatter(x, y, s=14, color=c, alpha=0.45)
+        if len(part) > 1:
+            xe, ye = _interval(x), _interval(y)
+        else:  # one seed: the bootstrap CIs of the two cells
+            xe = np.array([[x[0] - part.id_acc_lo.iloc[0]], [part.id_acc_hi.iloc[0] - x[0]]])
+            ye = np.array([[y[0] - part.ood_acc_lo.iloc[0]], [part.ood_acc_hi.iloc[0] - y[0]]]) \
+                if "ood_acc_lo" in part and not np.isnan(part.ood_acc_lo.iloc[0]) else None
+        ax.errorbar(x.mean(), y.mean(), xerr=xe, yerr=ye, fmt="*" if base else "o", ms=14 if base else 8,
+                    color=c, mec="black", capsize=3, label=_label(*g, many) + (" (base)" if base else ""))
+    ref = pc[pc.method.isin(REFERENCE_METHODS)]
+    if len(ref):
+        xs = np.linspace(max(0.01, pc.id_acc.min() - 0.05), min(0.99, pc.id_acc.max() + 0.05), 100)
+        if ref.id_acc.nunique() >= 2:
+            slope, intercept = fit_robustness_line(ref.id_acc, ref.ood_acc)
+            how = f"fitted on {len(ref)} base points"
+        else:  # one point: slope 1 in logit space through it
+            lx, ly = (np.log(v / (1 - v)) for v in (ref.id_acc.iloc[0], ref.ood_acc.iloc[0]))
+            slope, intercept = 1.0, ly - lx
+            how = "slope 1 in logit space through the one base point"
+        line = 1 / (1 + np.exp(-(slope * np.log(xs / (1 - xs)) + intercept)))
+        ax.plot(xs, line, "--", color="#555555", lw=1, label=f"effective-robustness line ({how})")
+    ax.set_xlabel("in-distribution accuracy (fraction correct, test split)")
+    ax.set_ylabel("mean out-of-distribution accuracy (fraction)")
+    ax.set_title("In-distribution vs out-of-distribution accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="best")
+    fig.subplots_adjust(bottom=0.2)
+    _footnote(fig, f"{_seed_note(pc)}. Small dots: single seeds; large markers: mean. Error bars: 95% "
+                   "t-interval over seeds, or the cells' 95% bootstrap CI for a single seed. Above the line: "
+                   "more OOD accuracy than the base's trend predicts (effective robustness).")
+    return fig
+
+
+def _corruption_errors(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = _need(frame, "corruptions", "corruption")
+    return rows[(rows.metric == "error") & (rows.severity > 0)]
+
+
+def corruption_by_severity(frame: pd.DataFrame) -> Figure:
+    """Corruption error by severity (mean over corruptions), one line per method."""
+    err = _corruption_errors(frame)
+    groups, many = _groups(err)
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    per_ckpt = err.groupby([*GROUP, "checkpoint", "results_dir", "severity"])["value"].mean().reset_index()
+    for g in groups:
+        part = per_ckpt[(per_ckpt.model == g[0]) & (per_ckpt.data == g[1]) & (per_ckpt.method == g[2])]
+        sev = sorted(part.severity.unique())
+        mean = [part[part.severity == s].value.mean() for s in sev]
+        half = [_interval(part[part.severity == s].value.to_numpy(float)) for s in sev]
+        ax.errorbar(sev, mean, yerr=half, marker="o", capsize=3, color=_color(groups, g), label=_label(*g, many))
+    ax.set_xlabel("severity")
+    ax.set_ylabel("error (fraction wrong), mean over corruptions")
+    ax.set_xticks(sorted(err.severity.unique()))
+    ax.set_title("Corruption error by severity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(bottom=0.18)
+    n_corr = err["shift"].nunique()
+    _footnote(fig, f"{_seed_note(err)}; {n_corr} corruptions. Error bars: 95% t-interval over seeds "
+                   "(none with one seed).")
+    return fig
+
+
+def corruption_heatmap(frame: pd.DataFrame) -> Figure:
+    """Error per corruption (mean over severities and seeds) x method."""
+    err = _corruption_errors(frame)
+    groups, many = _groups(err)
+    corruptions = sorted(err["shift"].unique())
+    grid = np.full((len(corruptions), len(groups)), np.nan)
+    for j, g in enumerate(groups):
+        part = err[(err.model == g[0]) & (err.data == g[1]) & (err.method == g[2])]
+        for i, c in enumerate(corruptions):
+            vals = part[part["shift"] == c].value
+            if len(vals):
+                grid[i, j] = vals.mean()
+    fig = Figure(figsize=(1.6 + 1.1 * len(groups), 1.2 + 0.38 * len(corruptions)))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, cmap="magma_r", vmin=0, vmax=max(1e-9, np.nanmax(grid)), aspect="auto")
+    ax.set_xticks(range(len(groups)), [_label(*g, many) for g in groups], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(corruptions)), corruptions, fontsize=8)
+    for i in range(len(corruptions)):
+        for j in range(len(groups)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] > 0.6 * np.nanmax(grid) else "black")
+    fig.colorbar(im, ax=ax, label="error (fraction wrong)")
+    ax.set_title("Error per corruption (mean over severities)")
+    fig.subplots_adjust(bottom=0.28, left=0.3)
+    _footnote(fig, f"{_seed_note(err)}; values averaged over severities and seeds.")
+    return fig
+
+
+def mce_bars(frame: pd.DataFrame) -> Figure:
+    """mCE, relative mCE (both against the reference) and the plain mean error, side by side."""
+    _need(frame, "corruptions", "mCE")
+    keys = [("mce", "mCE (vs reference)"), ("relative_mce", "relative mCE (vs reference)"),
+            ("mean_error", "mean error (no reference)")]
+    pc = per_checkpoint(frame)
+    keys = [(k, lab) for k, lab in keys if k in pc and pc[k].notna().any()]
+    groups, many = _groups(pc)
+    fig = Figure(figsize=(max(6.4, 1.5 * len(groups) * len(keys) / 2), 4.4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(groups))
+    for j, g in enumerate(groups):
+        part = pc[(pc.model == g[0]) & (pc.data == g[1]) & (pc.method == g[2])]
+        finite = {k: part[k].to_numpy(float)[np.isfinite(part[k].to_numpy(float))] for k, _ in keys}
+        means = [finite[k].mean() if len(finite[k]) else np.nan for k, _ in keys]  # inf: undefined ratio
+        half = [_interval(finite[k]) for k, _ in keys]
+        pos = np.arange(len(keys)) + (j - (len(groups) - 1) / 2) * width
+        bars = ax.bar(pos, means, width, yerr=half, capsize=3, color=_color(groups, g), label=_label(*g, many))
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(keys)), [lab for _, lab in keys])
+    ax.set_ylabel("ratio (mCE: 1 = the reference) / error (fraction)")
+    ax.axhline(1.0, color="#888888", lw=0.8, ls=":")
+    ax.set_title("mCE, relative mCE and mean corruption error")
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(bottom=0.2)
+    refs = sorted({r for r in frame[(frame.evaluation == "corruptions") & (frame.metric == "mce")].reference if r})
+    _footnote(fig, f"{_seed_note(pc)}. Error bars: 95% t-interval over seeds (none with one seed). "
+                   f"Reference for mCE: {', '.join(refs) or 'none (only the mean error is shown)'}. A missing bar: "
+                   "undefined (relative mCE divides by the reference's error increase, which can be 0).")
+    return fig
+
+
+FORGETTING = (("probe_forgetting", "linear-probe accuracy lost"), ("imagenet_agreement", "1 - ImageNet top-1 agreement"),
+              ("ppl_increase", "perplexity increase"), ("geometry", "1 - embedding-geometry rho"))
+
+
+def forgetting_tradeoff(frame: pd.DataFrame) -> Figure:
+    """x: ID accuracy gain over the base (the ``linear`` checkpoint of the same model,
+    data and seed); y: forgetting. One marker per method and seed."""
+    pc = per_checkpoint(frame)
+    measure = next(((k, lab) for k, lab in FORGETTING if k in pc and pc[k].notna().any()), None)
+    if measure is None or "id_acc" not in pc:
+        raise RobustfeatError("the forgetting trade-off plot needs clean accuracy and a forgetting probe "
+                              "(linear-probe, imagenet-agreement, perplexity or embedding-geometry)")
+    key, label = measure
+    y_all = 1 - pc[key] if key in ("imagenet_agreement", "geometry") else pc[key]
+    pc = pc.assign(forget=y_all)
+    base = pc[pc.method.isin(REFERENCE_METHODS)].set_index(["model", "data", "seed"]).id_acc
+    if base.empty:
+        raise RobustfeatError("the forgetting trade-off plot needs the base: a 'linear' checkpoint of the same "
+                              "model and data (robustfeat finetune --method linear)")
+    base = base[~base.index.duplicated()]
+    gain = [row.id_acc - base.get((row.model, row.data, row.seed), np.nan) for row in pc.itertuples()]
+    pc = pc.assign(gain=gain).dropna(subset=["gain"])
+    groups, many = _groups(pc)
+    markers = "osD^vP*Xh"
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    for g in groups:
+        part = pc[(pc.model == g[0]) & (pc.data == g[1]) & (pc.method == g[2])]
+        ax.scatter(part.gain, part.forget, s=60, marker=markers[groups.index(g) % len(markers)],
+                   color=_color(groups, g), edgecolor="black", label=_label(*g, many))
+    ax.axhline(0, color="#888888", lw=0.8)
+    ax.axvline(0, color="#888888", lw=0.8)
+    ax.set_xlabel("in-distribution accuracy gain over the base (fraction, fine-tuned - linear probe)")
+    ax.set_ylabel(f"forgetting: {label}")
+    ax.set_title("Forgetting vs in-distribution gain")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(bottom=0.2)
+    _footnote(fig, f"{_seed_note(pc)}; one marker per method and seed, no error bars. Best: right (more gain) "
+                   "and low (less forgetting).")
+    return fig
+
+
+def drift_by_layer(frame: pd.DataFrame) -> Figure:
+    """Per adapted layer: CKA to the base, intruder dimensions (eps 0.5) and ||dW|| / ||W0||,
+    one line per method (mean over seeds)."""
+    panels = [("cka", "cka", "linear CKA to the base (1 = unchanged)"),
+              ("weights", "intruders", "intruder dimensions (count, k = 10, eps 0.5)"),
+              ("weights", "relative_change", "||dW||_F / ||W0||_F (ratio)")]
+    rows = frame[frame.evaluation.isin(["cka", "weights"]) & (frame["shift"] != "all")]
+    panels = [p for p in panels if ((rows.evaluation == p[0]) & (rows.metric == p[1])).any()]
+    if not panels:
+        raise RobustfeatError("the drift plot needs 'cka' or 'weights' rows (the drift evaluations)")
+    groups, many = _groups(rows)
+    fig = Figure(figsize=(6.8, 2.4 * len(panels) + 0.8))
+    axes = [fig.add_subplot(len(panels), 1, i + 1) for i in range(len(panels))]
+    layers = list(dict.fromkeys(rows["shift"]))
+    for ax, (ev, metric, ylabel) in zip(axes, panels):
+        sel = rows[(rows.evaluation == ev) & (rows.metric == metric)]
+        for g in groups:
+            part = sel[(sel.model == g[0]) & (sel.data == g[1]) & (sel.method == g[2])]
+            if part.empty:
+                continue
+            mean = part.groupby("shift").value.mean()
+            xs = [i for i, lay in enumerate(layers) if lay in mean.index]
+            ax.plot(xs, [mean[layers[i]] for i in xs], marker="o", ms=3, color=_color(groups, g),
+                    label=_label(*g, many))
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xticks(range(len(layers)), [_short(lay) for lay in layers], rotation=60, ha="right", fontsize=6)
+    for ax in axes[:-1]:
+        ax.set_xticks(range(len(layers)), [""] * len(layers))
+    axes[0].set_title("Drift by adapted layer")
+    axes[0].legend(fontsize=7.5, ncol=min(4, len(groups)))
+    fig.subplots_adjust(bottom=0.22, hspace=0.15, left=0.14)
+    _footnote(fig, f"{_seed_note(rows)}; lines are means over seeds. Layers in model order.")
+    return fig
+
+
+def _short(layer: str) -> str:
+    parts = layer.split(".")
+    return ".".join(parts[-4:]) if len(parts) > 4 else layer
+
+
+def domain_bars(frame: pd.DataFrame) -> Figure:
+    """Accuracy per domain and method (95% error bars), the worst domain of each method
+    drawn hatched."""
+    rows = _need(frame, "domains", "domain")
+    acc = rows[(rows.metric == "accuracy") & (rows["shift"] != "worst")]
+    if acc.empty:
+        raise RobustfeatError("the domain plot needs per-domain accuracy rows")
+    groups, many = _groups(acc)
+    domains = sorted(acc["shift"].unique())
+    fig = Figure(figsize=(max(6.4, 0.9 * len(domains) * max(1, len(groups)) / 2), 4.4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(groups)
+    for j, g in enumerate(groups):
+        part = acc[(acc.model == g[0]) & (acc.data == g[1]) & (acc.method == g[2])]
+        means, errs = [], [[], []]
+        for d in domains:
+            v = part[part["shift"] == d]
+            m = v.value.mean() if len(v) else np.nan
+            means.append(m)
+            if len(v) == 1:
+                errs[0].append(m - v.ci_low.iloc[0])
+                errs[1].append(v.ci_high.iloc[0] - m)
+            else:
+                half = _interval(v.value.to_numpy(float))
+                errs[0].append(half)
+                errs[1].append(half)
+        pos = np.arange(len(domains)) + (j - (len(groups) - 1) / 2) * width
+        worst = int(np.nanargmin(means)) if not np.all(np.isnan(means)) else -1
+        bars = ax.bar(pos, means, width, yerr=np.nan_to_num(np.array(errs)), capsize=2, color=_color(groups, g),
+                      label=_label(*g, many))
+        if worst >= 0:
+            bars[worst].set_hatch("///")
+            bars[worst].set_edgecolor("black")
+    ax.set_xticks(range(len(domains)), domains, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (fraction correct)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Accuracy per domain (worst domain hatched)")
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(bottom=0.25)
+    _footnote(fig, f"{_seed_note(acc)}. Error bars: the cell's 95% bootstrap CI (one seed) or a 95% "
+                   "t-interval over seeds.")
+    return fig
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str
+    title: str
+    fn: Callable[[pd.DataFrame], Figure]
+    needs: tuple[str, ...]  # evaluations, any of which makes the plot possible
+
+
+PLOTS: tuple[Plot, ...] = (
+    Plot("id-vs-ood", "ID vs OOD accuracy", id_vs_ood, ("ood",)),
+    Plot("forgetting-tradeoff", "Forgetting vs ID gain", forgetting_tradeoff,
+         ("linear-probe", "imagenet-agreement", "perplexity", "embedding-geometry")),
+    Plot("corruption-severity", "Corruption error by severity", corruption_by_severity, ("corruptions",)),
+    Plot("corruption-heatmap", "Error per corruption", corruption_heatmap, ("corruptions",)),
+    Plot("mce", "mCE, relative mCE, mean error", mce_bars, ("corruptions",)),
+    Plot("drift", "Drift by layer", drift_by_layer, ("cka", "weights")),
+    Plot("domains", "Domains", domain_bars, ("domains",)),
+)
+
+
+def available(frame: pd.DataFrame) -> list[Plot]:
+    """The plots whose evaluations are in ``frame``."""
+    present = set(frame.evaluation)
+    return [p for p in PLOTS if present & set(p.needs)]
+
+

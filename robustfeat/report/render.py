@@ -1,0 +1,191 @@
+"""``robustfeat report``: one self-contained HTML file (figures embedded, no network
+fetches, every string escaped) or a PDF of the same template (WeasyPrint)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import inspect
+import io
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from robustfeat.errors import RobustfeatError
+from robustfeat.report.plots import available
+from robustfeat.report.summary import HEADLINES, Results, best_per_column, headline_table, load_results
+
+FORMATS = ("html", "pdf")
+CELL_HEADERS = ("checkpoint", "method", "seed", "shift", "severity", "metric", "value", "95% CI", "n", "reference",
+                "note")
+
+# Sorting for the per-cell tables: our only script, allowed by its hash in the page's
+# Content-Security-Policy (so nothing else can run, even if a string slipped through).
+SORT_SCRIPT = """
+(function () {
+  function key(td) {
+    var t = td.textContent.trim();
+    return /^-?[0-9.]+(e[-+]?[0-9]+)?$/i.test(t) ? parseFloat(t) : t.toLowerCase();
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    table.querySelectorAll("th").forEach(function (th, col) {
+      th.addEventListener("click", function () {
+        var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+        var asc = th.getAttribute("data-order") !== "asc";
+        rows.sort(function (a, b) {
+          var x = key(a.cells[col]), y = key(b.cells[col]);
+          if (typeof x !== typeof y) { x = String(x); y = String(y); }
+          return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+        th.setAttribute("data-order", asc ? "asc" : "desc");
+      });
+    });
+  });
+})();
+"""
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _ci(lo, hi) -> str:
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)) or (isinstance(hi, float) and math.isnan(hi)):
+        return ""
+    return f"[{lo:.3g}, {hi:.3g}]"
+
+
+def summary_context(frame: pd.DataFrame) -> dict:
+    table = headline_table(frame)
+    present = [h for h in HEADLINES if h.key in table and table[h.key].notna().any()]
+    best = best_per_column(table)
+    headers = [{"label": "model", "title": "model"}, {"label": "data", "title": "data"},
+               {"label": "method", "title": "method"}, {"label": "seeds", "title": "number of seeds"}]
+    headers += [{"label": f"{h.label} {'↑' if h.higher_is_better else '↓'}",
+                 "title": f"{h.description} ({'higher' if h.higher_is_better else 'lower'} is better)"}
+                for h in present]
+    rows = []
+    for i, r in table.iterrows():
+        row = [{"value": r["model"], "cls": "name"}, {"value": r["data"], "cls": "name"},
+               {"value": r["method"], "cls": "name"}, {"value": int(r["seeds"]), "cls": ""}]
+        for h in present:
+            row.append({"value": _fmt(r[h.key]), "ci": _ci(r.get(f"{h.key}_lo"), r.get(f"{h.key}_hi")),
+                        "cls": "best" if i in best.get(h.key, set()) else ""})
+        rows.append(row)
+    return {"headers": headers, "rows": rows}
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figures_context(frame: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]]]:
+    figures, skipped = [], []
+    for plot in available(frame):
+        try:
+            fig = plot.fn(frame)
+        except RobustfeatError as e:  # the evaluation is there but not what this plot needs
+            skipped.append((plot.title, str(e)))
+            continue
+        doc = inspect.getdoc(plot.fn) or ""
+        figures.append({"name": plot.name, "title": plot.title, "png": _figure_png(fig),
+                        "caption": " ".join(doc.replace("``", "").split())})
+    return figures, skipped
+
+
+def cells_context(frame: pd.DataFrame) -> list[dict]:
+    out = []
+    for ev, part in frame.groupby("evaluation", sort=False):
+        rows = []
+        for r in part.itertuples(index=False):
+            rows.append({"checkpoint": r.checkpoint, "method": r.method, "seed": r.seed, "shift": r.shift,
+                         "severity": r.severity or "", "metric": r.metric, "value": _fmt(r.value, 5),
+                         "95% CI": _ci(getattr(r, "ci_low", None), getattr(r, "ci_high", None)),
+                         "n": _fmt(getattr(r, "n", None)), "reference": getattr(r, "reference", "") or "",
+                         "note": getattr(r, "note", "") or ""})
+        out.append({"name": ev, "rows": rows})
+    return out
+
+
+def provenance_context(results: Results) -> list[dict]:
+    folders = []
+    for path, meta in results.provenance.items():
+        versions = meta.get("versions") or {}
+        fields = [("bank", f"{meta.get('bank', '?')} (version {meta.get('bank_version', '?')})"),
+                  ("quick bank", str(meta.get("quick"))), ("seed", str(meta.get("seed"))),
+                  ("date", str(meta.get("date"))), ("git revision", str(meta.get("git_revision"))),
+                  ("library versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))),
+                  ("mCE definition", str(meta.get("mce", "")))]
+        ckpts = []
+        for cid, info in sorted((meta.get("checkpoints") or {}).items()):
+            trained = info.get("trained_with") or {}
+            ckpts.append({"id": cid, "method": info.get("method", ""), "path": info.get("path", ""),
+                          "sha": info.get("weights_sha256", ""), "base": info.get("base_fingerprint", ""),
+                          "data": info.get("data_fingerprint", ""), "git": trained.get("git_revision") or ""})
+        folders.append({"path": path, "fields": fields, "checkpoints": ckpts})
+    return folders
+
+
+def render_html(results: Results, title: str | None = None) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from robustfeat import __version__
+
+    frame = results.frame
+    env = Environment(loader=PackageLoader("robustfeat.report", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    refs = sorted({r for r in frame.get("reference", pd.Series(dtype=str)) if r})
+    script_hash = "sha256-" + base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
+    groups = frame[["model", "data"]].drop_duplicates()
+    default_title = "robustfeat report: " + ", ".join(f"{m} on {d}" for m, d in groups.itertuples(index=False))
+    figures, skipped = figures_context(frame)
+    return env.get_template("report.html.j2").render(
+        title=title or default_title, generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__, folders=provenance_context(results), n_checkpoints=len(results.checkpoints),
+        summary=summary_context(frame), figures=figures, skipped=skipped, cells=cells_context(frame),
+        cell_headers=CELL_HEADERS, reference_text=", ".join(refs) if refs else "not available (no linear checkpoint "
+        "or --reference was evaluated, so only the plain mean error is shown)",
+        script=SORT_SCRIPT, script_hash=script_hash)
+
+
+def write_pdf(html: str, path: Path) -> None:
+    try:
+        from weasyprint import HTML
+    except (ImportError, OSError) as e:  # OSError: the Pango libraries are missing
+        raise RobustfeatError(f"PDF output needs WeasyPrint (pip install 'robustfeat[pdf]', and the Pango "
+                              f"libraries: apt-get install libpango-1.0-0 libpangoft2-1.0-0): {e}") from None
+    HTML(string=html).write_pdf(str(path))
+
+
+def build_report(results_dirs, out: str | os.PathLike, format: str | None = None, title: str | None = None) -> Path:
+    """Write the report of one or more results folders to ``out`` (``.html`` or ``.pdf``;
+    ``format`` overrides the suffix). The file appears complete or not at all."""
+    out = Path(out).expanduser()
+    fmt = (format or out.suffix.lstrip(".") or "html").lower()
+    if fmt not in FORMATS:
+        raise RobustfeatError(f"unknown report format '{fmt}': use html or pdf (--format, or an .html/.pdf name)")
+    if out.is_dir():
+        raise RobustfeatError(f"--out '{out}' is a folder; give a file name such as {out / ('report.' + fmt)}")
+    results = load_results(results_dirs)
+    html = render_html(results, title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "html":
+            tmp.write_text(html, encoding="utf-8")
+        else:
+            write_pdf(html, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,252 @@
+"""Reports: the headline table and every plot against hand-computed values on a results
+frame built here; the HTML report in headless Chromium (loads with no console error, a
+planted <script> does not run, tables sort); the PDF's pages and text; one-line errors
+that leave an existing report alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustfeat.errors import RobustfeatError
+from robustfeat.report import build_report, headline_table, load_results
+from robustfeat.report import plots
+
+LAYERS = ["enc.0.query", "enc.0.value", "enc.1.query"]
+CORR = ["fog", "gaussian_noise"]
+
+
+def _row(ckpt, method, seed, evaluation, shift, metric, value, severity=0, lo=math.nan, hi=math.nan, ref=""):
+    return {"results_dir": "r", "checkpoint": ckpt, "method": method, "model": "m", "data": "d", "seed": seed,
+            "evaluation": evaluation, "shift": shift, "severity": severity, "metric": metric, "value": value,
+            "ci_low": lo, "ci_high": hi, "n": 100, "reference": ref, "note": ""}
+
+
+def synthetic() -> pd.DataFrame:
+    """3 methods x 2 seeds with values chosen so every plotted number is easy to check."""
+    rows = []
+    for method, base in (("linear", 0.70), ("lora", 0.80), ("vefa", 0.78)):
+        for seed in (0, 1):
+            c = f"{method}-{seed}"
+            acc = base + 0.01 * seed
+            rows.append(_row(c, method, seed, "clean", "test", "accuracy", acc, lo=acc - 0.02, hi=acc + 0.02))
+            rows.append(_row(c, method, seed, "ood", "mean-ood", "accuracy", acc - 0.1))
+            for i, corr in enumerate(CORR):
+                for s in (1, 3, 5):
+                    rows.append(_row(c, method, seed, "corruptions", corr, "error", 0.1 * s + 0.05 * i + seed * 0.01,
+                                     severity=s))
+            rows.append(_row(c, method, seed, "corruptions", "all", "mce", 1.0 if method == "linear" else 0.9,
+                             ref="linear-0"))
+            rows.append(_row(c, method, seed, "corruptions", "all", "mean_error", 0.35 + 0.01 * seed))
+            rows.append(_row(c, method, seed, "linear-probe", "digits:label", "forgetting",
+                             0.0 if method == "linear" else 0.02 * (seed + 1)))
+            for j, layer in enumerate(LAYERS):
+                rows.append(_row(c, method, seed, "cka", layer, "cka", 1.0 if method == "linear" else 0.9 - 0.1 * j))
+                rows.append(_row(c, method, seed, "weights", layer, "intruders", 0 if method == "linear" else j))
+                rows.append(_row(c, method, seed, "weights", layer, "relative_change", 0.01 * j))
+            rows.append(_row(c, method, seed, "cka", "all", "cka", 1.0 if method == "linear" else 0.8))
+            for k, dom in enumerate(["amazon", "nyt", "tweets"]):
+                a = acc - 0.05 * k
+                rows.append(_row(c, method, seed, "domains", dom, "accuracy", a, lo=a - 0.03, hi=a + 0.03))
+    return pd.DataFrame(rows)
+
+
+def test_headline_table_means_and_t_intervals_by_hand():
+    t = headline_table(synthetic()).set_index("method")
+    assert list(t.index) == ["linear", "lora", "vefa"] and (t.seeds == 2).all()
+    assert t.loc["lora", "id_acc"] == pytest.approx(0.805)
+    # two seeds 0.80, 0.81: half-width t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.00707 / 1.414
+    half = 12.7062047 * np.std([0.80, 0.81], ddof=1) / math.sqrt(2)
+    assert t.loc["lora", "id_acc_hi"] - t.loc["lora", "id_acc"] == pytest.approx(half, rel=1e-6)
+    assert t.loc["vefa", "probe_forgetting"] == pytest.approx(0.03)
+    assert t.loc["linear", "mce"] == 1.0 and t.loc["lora", "mce"] == pytest.approx(0.9)
+
+
+def test_headline_single_seed_uses_the_cells_ci():
+    f = synthetic()
+    t = headline_table(f[f.seed == 0]).set_index("method")
+    assert t.loc["lora", "id_acc_lo"] == pytest.approx(0.78) and t.loc["lora", "id_acc_hi"] == pytest.approx(0.82)
+
+
+def _texts(fig) -> str:
+    return " ".join(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
+
+
+def test_id_vs_ood_plot_points_line_and_labels():
+    fig = plots.id_vs_ood(synthetic())
+    ax = fig.axes[0]
+    assert "accuracy" in ax.get_xlabel() and "fraction" in ax.get_ylabel()
+    dots = [c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 2]
+    xs = sorted(float(x) for d in dots for x in d[:, 0])
+    assert xs == pytest.approx([0.70, 0.71, 0.78, 0.79, 0.80, 0.81])  # one point per seed
+    # the base points have ID 0.70/0.71 and OOD 0.60/0.61: the fitted line passes through them
+    line = [l for l in ax.lines if l.get_linestyle() == "--"][0]
+    xd, yd = line.get_data()
+    assert np.interp(0.705, xd, yd) == pytest.approx(0.605, abs=0.003)
+    text = _texts(fig)
+    assert "2 seeds per method" in text and "95%" in text and "(base)" in text
+
+
+def test_corruption_plots_values_by_hand():
+    f = synthetic()
+    fig = plots.corruption_by_severity(f)
+    lora = [c for c in fig.axes[0].containers if c.get_label() == "lora"][0].lines[0]
+    # mean over the 2 corruptions and 2 seeds at severity 1: (0.1 + 0.15 + 0.11 + 0.16) / 4
+    assert lora.get_ydata()[0] == pytest.approx(0.13)
+    heat = plots.corruption_heatmap(f)
+    grid = heat.axes[0].images[0].get_array()
+    # fog (row 0) for linear (column 0): mean over severities 1, 3, 5 and seeds 0, 1
+    assert grid[0, 0] == pytest.approx(np.mean([0.1, 0.3, 0.5, 0.11, 0.31, 0.51]))
+    bars = plots.mce_bars(f)
+    heights = sorted(round(p.get_height(), 6) for p in bars.axes[0].patches)
+    assert 0.9 in heights and 1.0 in heights and 0.355 in heights
+    assert "Reference for mCE: linear-0" in _texts(bars)
+
+
+def test_forgetting_tradeoff_gain_is_against_the_same_seeds_base():
+    fig = plots.forgetting_tradeoff(synthetic())
+    pts = {c.get_label(): c.get_offsets() for c in fig.axes[0].collections}
+    lora = np.asarray(pts["lora"])
+    assert sorted(map(tuple, lora.round(6))) == [(0.1, 0.02), (0.1, 0.04)]  # 0.80 - 0.70 and 0.81 - 0.71
+    assert np.allclose(np.asarray(pts["linear"]), 0)
+
+
+def test_drift_and_domain_plots():
+    f = synthetic()
+    fig = plots.drift_by_layer(f)
+    assert len(fig.axes) == 3
+    cka_lora = [l for l in fig.axes[0].lines if l.get_label() == "lora"][0]
+    assert list(cka_lora.get_ydata()) == pytest.approx([0.9, 0.8, 0.7])
+    intr = [l for l in fig.axes[1].lines if l.get_label() == "lora"][0]
+    assert list(intr.get_ydata()) == [0, 1, 2]
+    dom = plots.domain_bars(f)
+    hatched = [p for p in dom.axes[0].patches if p.get_hatch()]
+    assert len(hatched) == 3  # one worst domain per method (tweets)
+    assert all(p.get_height() == pytest.approx(min(q.get_height() for q in dom.axes[0].patches
+                                                    if q.get_facecolor() == p.get_facecolor())) for p in hatched)
+
+
+def test_plots_say_what_they_need():
+    f = synthetic()
+    with pytest.raises(RobustfeatError, match="'domains' rows"):
+        plots.domain_bars(f[f.evaluation != "domains"])
+    names = [p.name for p in plots.available(f[f.evaluation.isin(["clean", "cka"])])]
+    assert names == ["drift"]
+
+
+# --- real results, real browser --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A quick evaluation of two tiny image checkpoints, one of whose method names (in a copy
+    of the results) is a script."""
+    from robustfeat.shifts.runner import evaluate
+    from robustfeat.train import TrainConfig, finetune
+
+    root = tmp_path_factory.mktemp("report")
+    ck = []
+    for method in ("linear", "lora"):
+        out = root / method
+        finetune(TrainConfig(model="tiny-cnn", data="mnist-5k", method=method, image_size=32, max_examples=256,
+                             max_eval_examples=64, batch_size=32, lr=0.05 if method != "linear" else None,
+                             checkpoint_every=100), out, progress=False)
+        ck.append(out)
+    res = root / "res"
+    evaluate(ck, res, quick=True, shifts=["clean", "fog", "ood", "linear-probe", "imagenet-agreement", "cka", "weights"],
+             progress=False)
+    evil = root / "evil"
+    shutil.copytree(res, evil)
+    frame = pd.read_csv(evil / "results.csv")
+    frame.loc[frame.method == "lora", "method"] = '<script>window.__pwned = 1; document.title = "pwned"</script>'
+    frame.to_csv(evil / "results.csv", index=False)
+    meta = json.loads((evil / "results.json").read_text())
+    for info in meta["checkpoints"].values():
+        info["path"] = '<img src=x onerror="window.__pwned = 2">'
+    (evil / "results.json").write_text(json.dumps(meta))
+    return res, evil
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-dev-shm-usage"):
+        opts.add_argument(a)
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
+
+
+def test_html_report_in_a_real_browser(results, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    res, evil = results
+    html = build_report([evil], tmp_path / "report.html")
+    text = html.read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
+    assert "<script>window.__pwned" not in text and "&lt;script&gt;" in text
+    driver = _browser()
+    try:
+        driver.get(html.as_uri())
+        assert driver.title.startswith("robustfeat report")
+        assert driver.execute_script("return window.__pwned === undefined")  # neither planted script ran
+        logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert logs == [], logs
+        assert "<script>window.__pwned" in driver.find_element(By.ID, "summary-table").text  # shown as text
+        imgs = driver.find_elements(By.CSS_SELECTOR, "figure img")
+        assert len(imgs) >= 4 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 100 for i in imgs)
+        # the per-cell tables sort by a click on a header (our one allowed script runs)
+        table = driver.find_element(By.CSS_SELECTOR, "table.sortable")
+        col = [h.text for h in table.find_elements(By.TAG_NAME, "th")].index("value")
+        table.find_elements(By.TAG_NAME, "th")[col].click()
+        vals = [float(r.find_elements(By.TAG_NAME, "td")[col].get_attribute("textContent"))
+                for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert vals == sorted(vals) and len(vals) > 1
+    finally:
+        driver.quit()
+
+
+def test_pdf_report_pages_and_text(results, tmp_path):
+    res, _ = results
+    pdf = build_report([res], tmp_path / "report.pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) >= 3
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    for needle in ("Summary", "How to read this", "mCE", "lora", "linear", "Provenance"):
+        assert needle in text
+
+
+def test_report_errors_leave_an_existing_report_alone(results, tmp_path, capsys):
+    from robustfeat.cli import main
+
+    res, _ = results
+    out = tmp_path / "report.html"
+    out.write_text("my old report")
+    cases = [([tmp_path / "missing"], "does not exist"), ([tmp_path], "not a finished results folder"),
+             ([res, "--out", tmp_path / "report.docx"], "unknown report format 'docx'"),
+             ([res, "--out", tmp_path], "is a folder")]
+    for args, match in cases:
+        argv = ["report", *map(str, args)]
+        if "--out" not in argv:
+            argv += ["--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+    assert out.read_text() == "my old report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_load_results_joins_folders(results):
+    res, evil = results
+    r = load_results([res, evil])
+    assert set(r.frame.results_dir) == {str(res), str(evil)} and len(r.provenance) == 2
+    assert len(r.checkpoints) == 4
