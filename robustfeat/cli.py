@@ -183,6 +183,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from robustfeat.report import headline_table, load_results
+    from robustfeat.study import QUICKSTART, run_study
+
+    print("robustfeat quickstart: " + "; ".join(f"{s.model} on {s.data} with {', '.join(s.methods)}"
+                                                for s in QUICKSTART))
+    info = run_study(args.out, pdf=not args.no_pdf, progress=not args.no_progress)
+    table = headline_table(load_results(info["results"]).frame)
+    cols = [c for c in ("model", "method", "id_acc", "ood_acc", "mce", "mean_error", "probe_forgetting", "geometry",
+                        "imagenet_agreement", "cka", "intruders") if c in table]
+    print(format_table(cols, [tuple(r[c] if isinstance(r[c], str) else f"{r[c]:.4g}" for c in cols)
+                              for _, r in table.iterrows()]))
+    print(f"done in {info['wall_s'] / 60:.1f} min (peak memory {info['peak_rss_mb']:.0f} MB)")
+    print(f"report: {info['report_html']}" + (f" and {info['report_pdf']}" if info["report_pdf"] else ""))
+    print(f"results: {', '.join(map(str, info['results']))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustfeat import __version__
 
@@ -260,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", choices=["html", "pdf"], help="default: from the --out suffix, else html")
     rp.add_argument("--title", help="report title (default: the models and datasets compared)")
     rp.set_defaults(func=cmd_report)
+
+    qs = sub.add_parser("quickstart", help="the whole story on real models and data: fine-tune, evaluate, report")
+    qs.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart; rerun to resume)")
+    qs.add_argument("--no-pdf", action="store_true", help="write report.html only")
+    qs.add_argument("--no-progress", action="store_true", help="no progress display")
+    qs.set_defaults(func=cmd_quickstart)
     return p
 
 

@@ -17,3 +17,24 @@ torch.backends.cudnn.allow_tf32 = False
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory):
+    """A quick evaluation of two tiny image checkpoints (linear and lora on mnist-5k), for
+    the report and notebook tests."""
+    from robustfeat.shifts.runner import evaluate
+    from robustfeat.train import TrainConfig, finetune
+
+    root = tmp_path_factory.mktemp("tiny-results")
+    ck = []
+    for method in ("linear", "lora"):
+        out = root / method
+        finetune(TrainConfig(model="tiny-cnn", data="mnist-5k", method=method, image_size=32, max_examples=256,
+                             max_eval_examples=64, batch_size=32, lr=0.05 if method != "linear" else None,
+                             checkpoint_every=100), out, progress=False)
+        ck.append(out)
+    res = root / "res"
+    evaluate(ck, res, quick=True, shifts=["clean", "fog", "ood", "linear-probe", "imagenet-agreement", "cka", "weights"],
+             progress=False)
+    return res

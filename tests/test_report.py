@@ -142,23 +142,10 @@ def test_plots_say_what_they_need():
 
 # --- real results, real browser --------------------------------------------------------------
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """A quick evaluation of two tiny image checkpoints, one of whose method names (in a copy
-    of the results) is a script."""
-    from robustfeat.shifts.runner import evaluate
-    from robustfeat.train import TrainConfig, finetune
-
+def results(tiny_results, tmp_path_factory):
+    """The shared tiny results folder, and a copy of it in which one method name is a script."""
+    res = tiny_results
     root = tmp_path_factory.mktemp("report")
-    ck = []
-    for method in ("linear", "lora"):
-        out = root / method
-        finetune(TrainConfig(model="tiny-cnn", data="mnist-5k", method=method, image_size=32, max_examples=256,
-                             max_eval_examples=64, batch_size=32, lr=0.05 if method != "linear" else None,
-                             checkpoint_every=100), out, progress=False)
-        ck.append(out)
-    res = root / "res"
-    evaluate(ck, res, quick=True, shifts=["clean", "fog", "ood", "linear-probe", "imagenet-agreement", "cka", "weights"],
-             progress=False)
     evil = root / "evil"
     shutil.copytree(res, evil)
     frame = pd.read_csv(evil / "results.csv")
