@@ -35,12 +35,12 @@ class Scenario:
 
 QUICKSTART: tuple[Scenario, ...] = (
     Scenario("text", "minilm-l6", "rotten-tomatoes", ("linear", "lora", "lorfa", "vefa"),
-             train={"max_examples": 1500, "max_eval_examples": 500, "max_length": 64},
-             shifts=("clean", "ood", "embedding-geometry", "cka", "weights"), finetune_s=40, evaluate_s=70),
+             train={"max_examples": 2000, "max_eval_examples": 500, "max_length": 64},
+             shifts=("clean", "ood", "embedding-geometry", "cka", "weights"), finetune_s=35, evaluate_s=75),
     Scenario("images", "efficientnet-lite0", "fashion-mnist", ("linear", "lora", "lorfa", "vefa"),
-             train={"max_examples": 800, "max_eval_examples": 256, "image_size": 96, "batch_size": 32},
+             train={"max_examples": 1600, "max_eval_examples": 256, "image_size": 112, "batch_size": 32},
              shifts=("clean", "corruptions", "imagenet-agreement", "linear-probe", "cka", "weights"),
-             finetune_s=35, evaluate_s=80),
+             finetune_s=30, evaluate_s=90),
 )
 
 
@@ -112,21 +112,24 @@ def run_study(out: str | os.PathLike, scenarios: tuple[Scenario, ...] = QUICKSTA
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(out, scenarios, pdf)
     t0 = time.perf_counter()
-    bar = tqdm(total=round(sum(s.estimate_s for s in stages)), unit="s", disable=not progress, dynamic_ncols=True,
-               bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed} elapsed, about {remaining} left]")
-    done_estimate, timings = 0.0, []
+    total = sum(s.estimate_s for s in stages)
+    bar = tqdm(total=round(total), unit="s", disable=not progress, dynamic_ncols=True,
+               bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed} elapsed, {postfix}]")
+    done_estimate, timings, speed = 0.0, [], 1.0
     for i, stage in enumerate(stages):
-        bar.set_description_str(f"[{i + 1}/{len(stages)}] {stage.label}")
+        # the time left: the estimates of the stages to come, at the speed measured so far
+        left = sum(s.estimate_s for s in stages[i:]) * speed
+        bar.set_description_str(f"[{i + 1}/{len(stages)}] {stage.label}", refresh=False)
+        bar.set_postfix_str(f"about {int(left // 60)}:{int(left % 60):02d} left", refresh=True)
         start = time.perf_counter()
         stage.run()
         timings.append((stage.label, time.perf_counter() - start))
         done_estimate += stage.estimate_s
-        # rescale: the estimate of the work left, at the speed measured so far
         elapsed = time.perf_counter() - t0
-        left = sum(s.estimate_s for s in stages[i + 1:]) * elapsed / max(done_estimate, 1e-9)
-        bar.total = round(elapsed + left)
+        speed = elapsed / max(done_estimate, 1e-9)
+        bar.total = round(elapsed + sum(s.estimate_s for s in stages[i + 1:]) * speed)
         bar.n = round(elapsed)
-        bar.refresh()
+    bar.set_postfix_str("done", refresh=False)
     bar.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_mb, "stages": timings,
