@@ -204,16 +204,20 @@ def _summary(evaluation: str, shift: str, metric: str, value: float, n: int, not
 
 
 def _errors(rows: list[dict]) -> tuple[dict[str, dict[int, float]], float | None]:
+    """Corrupted errors by corruption and severity, and the clean error of the same images
+    (the bank's ``uncorrupted`` cell; the clean test split's error only if that is absent)."""
     errs: dict[str, dict[int, float]] = defaultdict(dict)
-    clean = None
+    clean = same_images = None
     for r in rows:
         if r["metric"] != "error":
             continue
-        if r["evaluation"] == "corruptions":
+        if r["evaluation"] == "corruptions" and r["shift"] == "uncorrupted":
+            same_images = r["value"]
+        elif r["evaluation"] == "corruptions":
             errs[r["shift"]][int(r["severity"])] = r["value"]
         elif r["evaluation"] == "clean":
             clean = r["value"]
-    return dict(errs), clean
+    return dict(errs), same_images if same_images is not None else clean
 
 
 def summary_rows(rows: list[dict], ref_rows: list[dict] | None, ref_id: str) -> list[dict]:

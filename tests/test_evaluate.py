@@ -60,14 +60,16 @@ def test_quick_image_bank_rows_and_provenance(quick, cnn):
     assert set(frame.evaluation) == {"clean", "corruptions", "ood", "imagenet-agreement", "linear-probe", "cka", "weights"}
     lora = frame[frame.checkpoint.str.startswith("tiny-cnn-lora")]
     cells = lora[(lora.evaluation == "corruptions") & (lora.metric == "accuracy")]
-    assert sorted(set(cells["shift"])) == sorted(QUICK_CORRUPTIONS) and set(cells.severity) == {1, 3, 5}
+    assert sorted(set(cells["shift"])) == sorted([*QUICK_CORRUPTIONS, "uncorrupted"])
+    assert set(cells.severity) == {0, 1, 3, 5} and set(cells[cells.severity == 0]["shift"]) == {"uncorrupted"}
+    assert cells.n.nunique() == 1  # the uncorrupted cell uses the corrupted cells' images
     acc = frame[frame.metric == "accuracy"].dropna(subset=["ci_low"])
     assert len(acc) > 20 and ((acc.ci_low <= acc.value) & (acc.value <= acc.ci_high)).all()
     # error is 1 - accuracy, per cell
     for (_, c), g in frame[frame.evaluation == "corruptions"].groupby(["checkpoint", "shift"]):
         if c == "all":
             continue
-        pivot = g[g.severity > 0].pivot_table(index="severity", columns="metric", values="value")
+        pivot = g[g.metric.isin(["accuracy", "error"])].pivot_table(index="severity", columns="metric", values="value")
         assert np.allclose(pivot["accuracy"] + pivot["error"], 1.0)
     # the frozen backbone of 'linear' does not drift and keeps the ImageNet head's outputs
     assert _v(frame, "tiny-cnn-linear", "weights", "all", "relative_change") == 0.0
@@ -96,7 +98,9 @@ def test_mce_against_the_reference_by_hand(quick, cnn, tmp_path):
     frame = evaluate([cnn["vefa"]], tmp_path / "ref", quick=True, reference=cnn["lora"], progress=False,
                      shifts=["clean", "corruptions"])
     ce, rel = [], []
-    e0, r0 = _v(frame, "tiny-cnn-vefa", "clean", "test", "error"), _v(frame, "tiny-cnn-lora", "clean", "test", "error")
+    # E_clean of relative mCE: the error on the bank's own images, uncorrupted
+    e0 = _v(frame, "tiny-cnn-vefa", "corruptions", "uncorrupted", "error")
+    r0 = _v(frame, "tiny-cnn-lora", "corruptions", "uncorrupted", "error")
     for c in QUICK_CORRUPTIONS:
         e = [_v(frame, "tiny-cnn-vefa", "corruptions", c, "error", s) for s in (1, 3, 5)]
         r = [_v(frame, "tiny-cnn-lora", "corruptions", c, "error", s) for s in (1, 3, 5)]
@@ -133,7 +137,7 @@ def test_interrupted_run_resumes_to_identical_results(quick, cnn, tmp_path, monk
     calls["n"] = -10_000
     evaluate([cnn["lora"], cnn["linear"]], out, quick=True, progress=False)
     # the 4 finished corruption cells of the first checkpoint were not computed again
-    assert calls["n"] == -10_000 + 2 * 4 * 3 - 4
+    assert calls["n"] == -10_000 + 2 * (4 * 3 + 1) - 4
     assert (out / "results.csv").read_bytes() == (ref_out / "results.csv").read_bytes()
 
 

@@ -237,3 +237,19 @@ def test_load_results_joins_folders(results):
     r = load_results([res, evil])
     assert set(r.frame.results_dir) == {str(res), str(evil)} and len(r.provenance) == 2
     assert len(r.checkpoints) == 4
+
+
+def test_two_models_are_compared_within_their_own_group():
+    from robustfeat.report.summary import best_per_column
+
+    a = synthetic()
+    b = synthetic().assign(model="m2")
+    b.loc[b.metric == "accuracy", "value"] -= 0.5  # a much weaker model: its best is still marked
+    table = headline_table(pd.concat([a, b], ignore_index=True))
+    best = best_per_column(table)
+    marked = table.iloc[sorted(best["id_acc"])]
+    assert sorted(zip(marked.model, marked.method)) == [("m", "lora"), ("m2", "lora")]
+    fig = plots.forgetting_tradeoff(pd.concat([a, b], ignore_index=True))
+    assert [ax.get_title() for ax in fig.axes] == ["m on d", "m2 on d"]
+    drift = plots.drift_by_layer(pd.concat([a, b], ignore_index=True))
+    assert len(drift.axes) == 6  # 3 measures x 2 models

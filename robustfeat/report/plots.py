@@ -212,77 +212,94 @@ FORGETTING = (("probe_forgetting", "linear-probe accuracy lost"), ("imagenet_agr
               ("ppl_increase", "perplexity increase"), ("geometry", "1 - embedding-geometry rho"))
 
 
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted({(m, d) for m, d in frame[["model", "data"]].drop_duplicates().itertuples(index=False)})
+
+
 def forgetting_tradeoff(frame: pd.DataFrame) -> Figure:
     """x: ID accuracy gain over the base (the ``linear`` checkpoint of the same model,
-    data and seed); y: forgetting. One marker per method and seed."""
+    data and seed); y: forgetting, by the first probe each model has. One panel per model
+    and dataset, one marker per method and seed."""
     pc = per_checkpoint(frame)
-    measure = next(((k, lab) for k, lab in FORGETTING if k in pc and pc[k].notna().any()), None)
-    if measure is None or "id_acc" not in pc:
-        raise RobustfeatError("the forgetting trade-off plot needs clean accuracy and a forgetting probe "
-                              "(linear-probe, imagenet-agreement, perplexity or embedding-geometry)")
-    key, label = measure
-    y_all = 1 - pc[key] if key in ("imagenet_agreement", "geometry") else pc[key]
-    pc = pc.assign(forget=y_all)
-    base = pc[pc.method.isin(REFERENCE_METHODS)].set_index(["model", "data", "seed"]).id_acc
-    if base.empty:
-        raise RobustfeatError("the forgetting trade-off plot needs the base: a 'linear' checkpoint of the same "
-                              "model and data (robustfeat finetune --method linear)")
-    base = base[~base.index.duplicated()]
-    gain = [row.id_acc - base.get((row.model, row.data, row.seed), np.nan) for row in pc.itertuples()]
-    pc = pc.assign(gain=gain).dropna(subset=["gain"])
-    groups, many = _groups(pc)
+    panels = []
+    for model, data in _pairs(pc):
+        part = pc[(pc.model == model) & (pc.data == data)]
+        measure = next(((k, lab) for k, lab in FORGETTING if k in part and part[k].notna().any()), None)
+        base = part[part.method.isin(REFERENCE_METHODS)].set_index("seed").id_acc if "id_acc" in part else None
+        if measure is None or base is None or base.empty:
+            continue
+        key, label = measure
+        base = base[~base.index.duplicated()]
+        y = 1 - part[key] if key in ("imagenet_agreement", "geometry") else part[key]
+        gain = part.id_acc - part.seed.map(base)
+        panels.append(((model, data), label, part.assign(gain=gain, forget=y).dropna(subset=["gain", "forget"])))
+    if not panels:
+        raise RobustfeatError("the forgetting trade-off plot needs clean accuracy, a forgetting probe (linear-probe, "
+                              "imagenet-agreement, perplexity or embedding-geometry) and the base: a 'linear' "
+                              "checkpoint of the same model and data (robustfeat finetune --method linear)")
+    methods = sorted({m for _, _, p in panels for m in p.method})
     markers = "osD^vP*Xh"
-    fig = Figure(figsize=(6.4, 4.6))
-    ax = fig.add_subplot()
-    for g in groups:
-        part = pc[(pc.model == g[0]) & (pc.data == g[1]) & (pc.method == g[2])]
-        ax.scatter(part.gain, part.forget, s=60, marker=markers[groups.index(g) % len(markers)],
-                   color=_color(groups, g), edgecolor="black", label=_label(*g, many))
-    ax.axhline(0, color="#888888", lw=0.8)
-    ax.axvline(0, color="#888888", lw=0.8)
-    ax.set_xlabel("in-distribution accuracy gain over the base (fraction, fine-tuned - linear probe)")
-    ax.set_ylabel(f"forgetting: {label}")
-    ax.set_title("Forgetting vs in-distribution gain")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.subplots_adjust(bottom=0.2)
-    _footnote(fig, f"{_seed_note(pc)}; one marker per method and seed, no error bars. Best: right (more gain) "
-                   "and low (less forgetting).")
+    fig = Figure(figsize=(5.2 * len(panels), 4.6))
+    for i, ((model, data), label, part) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for m in methods:
+            pts = part[part.method == m]
+            if len(pts):
+                j = methods.index(m)
+                ax.scatter(pts.gain, pts.forget, s=60, marker=markers[j % len(markers)], color=COLORS[j % len(COLORS)],
+                           edgecolor="black", label=m)
+        ax.axhline(0, color="#888888", lw=0.8)
+        ax.axvline(0, color="#888888", lw=0.8)
+        ax.set_xlabel("ID accuracy gain over the base (fraction)")
+        ax.set_ylabel(f"forgetting: {label}")
+        ax.set_title(f"{model} on {data}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Forgetting vs in-distribution gain")
+    fig.subplots_adjust(bottom=0.22, wspace=0.35)
+    _footnote(fig, f"{_seed_note(pc)}; one marker per method and seed, no error bars. Gain: fine-tuned - linear "
+                   "probe of the same seed. Best: right (more gain) and low (less forgetting).")
     return fig
 
 
 def drift_by_layer(frame: pd.DataFrame) -> Figure:
     """Per adapted layer: CKA to the base, intruder dimensions (eps 0.5) and ||dW|| / ||W0||,
-    one line per method (mean over seeds)."""
-    panels = [("cka", "cka", "linear CKA to the base (1 = unchanged)"),
-              ("weights", "intruders", "intruder dimensions (count, k = 10, eps 0.5)"),
-              ("weights", "relative_change", "||dW||_F / ||W0||_F (ratio)")]
+    one line per method (mean over seeds); one column of panels per model and dataset."""
+    panels = [("cka", "cka", "linear CKA to the base\n(1 = unchanged)"),
+              ("weights", "intruders", "intruder dimensions\n(count, k = 10, eps 0.5)"),
+              ("weights", "relative_change", "||dW||_F / ||W0||_F\n(ratio)")]
     rows = frame[frame.evaluation.isin(["cka", "weights"]) & (frame["shift"] != "all")]
     panels = [p for p in panels if ((rows.evaluation == p[0]) & (rows.metric == p[1])).any()]
     if not panels:
         raise RobustfeatError("the drift plot needs 'cka' or 'weights' rows (the drift evaluations)")
-    groups, many = _groups(rows)
-    fig = Figure(figsize=(6.8, 2.4 * len(panels) + 0.8))
-    axes = [fig.add_subplot(len(panels), 1, i + 1) for i in range(len(panels))]
-    layers = list(dict.fromkeys(rows["shift"]))
-    for ax, (ev, metric, ylabel) in zip(axes, panels):
-        sel = rows[(rows.evaluation == ev) & (rows.metric == metric)]
-        for g in groups:
-            part = sel[(sel.model == g[0]) & (sel.data == g[1]) & (sel.method == g[2])]
-            if part.empty:
-                continue
-            mean = part.groupby("shift").value.mean()
-            xs = [i for i, lay in enumerate(layers) if lay in mean.index]
-            ax.plot(xs, [mean[layers[i]] for i in xs], marker="o", ms=3, color=_color(groups, g),
-                    label=_label(*g, many))
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xticks(range(len(layers)), [_short(lay) for lay in layers], rotation=60, ha="right", fontsize=6)
-    for ax in axes[:-1]:
-        ax.set_xticks(range(len(layers)), [""] * len(layers))
-    axes[0].set_title("Drift by adapted layer")
-    axes[0].legend(fontsize=7.5, ncol=min(4, len(groups)))
-    fig.subplots_adjust(bottom=0.22, hspace=0.15, left=0.14)
+    pairs = _pairs(rows)
+    methods = sorted(set(rows.method))
+    fig = Figure(figsize=(max(6.8, 5.0 * len(pairs)), 2.4 * len(panels) + 1.0))
+    for col, (model, data) in enumerate(pairs):
+        sub = rows[(rows.model == model) & (rows.data == data)]
+        layers = list(dict.fromkeys(sub["shift"]))
+        axes = [fig.add_subplot(len(panels), len(pairs), r * len(pairs) + col + 1) for r in range(len(panels))]
+        for ax, (ev, metric, ylabel) in zip(axes, panels):
+            sel = sub[(sub.evaluation == ev) & (sub.metric == metric)]
+            for m in methods:
+                part = sel[sel.method == m]
+                if part.empty:
+                    continue
+                mean = part.groupby("shift").value.mean()
+                xs = [i for i, lay in enumerate(layers) if lay in mean.index]
+                ax.plot(xs, [mean[layers[i]] for i in xs], marker="o", ms=3,
+                        color=COLORS[methods.index(m) % len(COLORS)], label=m)
+            if col == 0:
+                ax.set_ylabel(ylabel, fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.set_xticks(range(len(layers)), [""] * len(layers))
+        step = max(1, len(layers) // 12)
+        axes[-1].set_xticks(range(len(layers)), [_short(lay) if i % step == 0 else "" for i, lay in enumerate(layers)],
+                            rotation=60, ha="right", fontsize=6)
+        axes[0].set_title(f"{model} on {data} ({len(layers)} layers)", fontsize=10)
+        axes[0].legend(fontsize=7.5, ncol=min(4, len(methods)))
+    fig.suptitle("Drift by adapted layer")
+    fig.subplots_adjust(bottom=0.2, hspace=0.15, left=0.1, wspace=0.25)
     _footnote(fig, f"{_seed_note(rows)}; lines are means over seeds. Layers in model order.")
     return fig
 

@@ -163,15 +163,21 @@ def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_per_column(table: pd.DataFrame) -> dict[str, set[int]]:
-    """Row positions holding the best value of each headline column (ties all marked)."""
+    """Row positions holding the best value of each headline column among the methods of
+    the same model and data (methods are compared, models and datasets are not; ties all
+    marked)."""
     best: dict[str, set[int]] = {}
+    positions = np.arange(len(table))
     for h in HEADLINES:
-        if h.key not in table or table[h.key].isna().all():
+        if h.key not in table:
             continue
         vals = table[h.key].to_numpy(dtype=float)
-        finite = vals[np.isfinite(vals)]
-        if len(finite) == 0:
-            continue
-        target = finite.max() if h.higher_is_better else finite.min()
-        best[h.key] = {i for i, v in enumerate(vals) if np.isfinite(v) and math.isclose(v, target, rel_tol=1e-9)}
+        for _, idx in table.groupby(["model", "data"], sort=False).indices.items():
+            part = vals[idx]
+            finite = part[np.isfinite(part)]
+            if len(finite) == 0:
+                continue
+            target = finite.max() if h.higher_is_better else finite.min()
+            best.setdefault(h.key, set()).update(
+                int(positions[i]) for i, v in zip(idx, part) if np.isfinite(v) and math.isclose(v, target, rel_tol=1e-9))
     return best

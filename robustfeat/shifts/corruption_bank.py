@@ -17,6 +17,9 @@ from robustfeat.shifts.cache import corrupted_images
 from robustfeat.shifts.clean import classification_rows
 from robustfeat.shifts.evaluation import Cell, EvalContext, Evaluation, register_evaluation, require, subsample
 
+#: the shift name of the bank's own clean cell
+UNCORRUPTED = "uncorrupted"
+
 #: images per corruption batch: part of the cache key (random draws are per batch)
 CORRUPTION_BATCH = 64
 
@@ -32,7 +35,10 @@ class Corruptions(Evaluation):
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         severities = self.params.get("severities") or (1, 2, 3, 4, 5)
-        return [Cell(self.name, c, s) for c in self.corruptions() if c in CORRUPTIONS for s in severities]
+        # the same images uncorrupted: E_clean of relative mCE must come from the images the
+        # corrupted errors do, not from the (larger) clean test split
+        return [Cell(self.name, UNCORRUPTED, 0),
+                *(Cell(self.name, c, s) for c in self.corruptions() if c in CORRUPTIONS for s in severities)]
 
     def _images(self, ctx: EvalContext):
         if "corruption_images" not in ctx.memo:
@@ -47,6 +53,9 @@ class Corruptions(Evaluation):
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
         table, images, key = self._images(ctx)
+        if cell.shift == UNCORRUPTED:
+            return classification_rows(ctx, table.with_column("image", images), cell,
+                                       note="the corruption bank's images, uncorrupted")
         corrupted = corrupted_images(images, cell.shift, cell.severity, key=key, seed=ctx.options.seed,
                                      batch_size=CORRUPTION_BATCH, device=ctx.handle.device)
         return classification_rows(ctx, table.with_column("image", corrupted), cell)
