@@ -61,6 +61,13 @@ def _bank_rows() -> list[tuple[str, ...]]:
             for n, b in BANKS.items()]
 
 
+@listing("backends", ("backend", "what it does"))
+def _backend_rows() -> list[tuple[str, ...]]:
+    from robustfeat.registry import BACKENDS
+
+    return [(n, b.summary) for n, b in BACKENDS.items()]
+
+
 @listing("evaluations", ("evaluation", "families", "what it measures"))
 def _evaluation_rows() -> list[tuple[str, ...]]:
     from robustfeat.registry import EVALUATIONS
@@ -201,6 +208,26 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from robustfeat.report import headline_table, load_results
+    from robustfeat.sweep import read_grid, sweep
+
+    grid = read_grid(args.grid)
+    print(f"sweep {args.grid}: {len(grid.cells)} cells on the {args.backend} backend")
+    info = sweep(grid, args.out, backend=args.backend, address=args.address, report=not args.no_report,
+                 progress=not args.no_progress)
+    labels = {r["results"]: r["label"] for r in info["records"]}
+    table = headline_table(load_results(list(labels), labels).frame)
+    cols = [c for c in ("model", "data", "method", "seeds", "id_acc", "ood_acc", "mean_error", "probe_forgetting",
+                        "geometry", "cka", "intruders") if c in table]
+    print(format_table(cols, [tuple(r[c] if isinstance(r[c], str) else f"{r[c]:.4g}" for c in cols)
+                              for _, r in table.iterrows()]))
+    print(f"{info['ran']} cells run, {info['skipped']} already finished, in {info['wall_s']:.0f} s")
+    if info["report"]:
+        print(f"report: {info['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustfeat import __version__
 
@@ -212,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    ls = sub.add_parser("ls", help="list what is registered: adapters, models, datasets, corruptions, banks, evaluations")
+    ls = sub.add_parser("ls", help="list what is registered: adapters, models, datasets, corruptions, banks, evaluations, backends")
     ls.add_argument("kind", choices=sorted(LISTABLE), help="what to list")
     ls.set_defaults(func=cmd_ls)
 
@@ -278,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", choices=["html", "pdf"], help="default: from the --out suffix, else html")
     rp.add_argument("--title", help="report title (default: the models and datasets compared)")
     rp.set_defaults(func=cmd_report)
+
+    sw = sub.add_parser("sweep", help="fine-tune and evaluate every cell of a grid (resumable), then one report")
+    sw.add_argument("grid", help="grid YAML file (models, datasets, methods, seeds, hyperparameters)")
+    sw.add_argument("--out", required=True, help="sweep folder, on storage every node can reach for ray")
+    sw.add_argument("--backend", default="local", help="local (default) or ray (robustfeat ls backends)")
+    sw.add_argument("--address", help="Ray cluster address (ray backend); default: start a local Ray instance")
+    sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
 
     qs = sub.add_parser("quickstart", help="the whole story on real models and data: fine-tune, evaluate, report")
     qs.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart; rerun to resume)")

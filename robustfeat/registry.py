@@ -97,3 +97,5 @@ EVALUATIONS: Registry = Registry("evaluation", modules=(
 ))
 #: Banks: named, versioned lists of evaluations chosen by model family (``robustfeat ls banks``).
 BANKS: Registry = Registry("bank", modules=("robustfeat.shifts.banks",))
+#: Where sweep cells run (``robustfeat ls backends``): local, ray.
+BACKENDS: Registry = Registry("backend", modules=("robustfeat.sweep.backends",))

@@ -114,7 +114,7 @@ def run_study(out: str | os.PathLike, scenarios: tuple[Scenario, ...] = QUICKSTA
     t0 = time.perf_counter()
     total = sum(s.estimate_s for s in stages)
     bar = tqdm(total=round(total), unit="s", disable=not progress, dynamic_ncols=True,
-               bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed} elapsed, {postfix}]")
+               bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed} elapsed{postfix}]")
     done_estimate, timings, speed = 0.0, [], 1.0
     for i, stage in enumerate(stages):
         # the time left: the estimates of the stages to come, at the speed measured so far

@@ -208,8 +208,8 @@ def test_pdf_report_pages_and_text(results, tmp_path):
     pages = sorted(tmp_path.glob("page-*.png"))
     assert len(pages) >= 3
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-    for needle in ("Summary", "How to read this", "mCE", "lora", "linear", "Provenance"):
-        assert needle in text
+    for needle in ("Summary", "How to read this", "mCE", "lora", "linear", "Provenance", "torch 2.", "image-v2-quick"):
+        assert needle in text, needle
 
 
 def test_report_errors_leave_an_existing_report_alone(results, tmp_path, capsys):

@@ -119,7 +119,8 @@ def cells_context(frame: pd.DataFrame) -> list[dict]:
 
 def provenance_context(results: Results) -> list[dict]:
     folders = []
-    for path, meta in results.provenance.items():
+    for path, top in results.provenance.items():
+        meta = {**top, **(top.get("provenance") or {})}  # run-level facts live under "provenance"
         versions = meta.get("versions") or {}
         fields = [("bank", f"{meta.get('bank', '?')} (version {meta.get('bank_version', '?')})"),
                   ("quick bank", str(meta.get("quick"))), ("seed", str(meta.get("seed"))),
@@ -167,7 +168,8 @@ def write_pdf(html: str, path: Path) -> None:
     HTML(string=html).write_pdf(str(path))
 
 
-def build_report(results_dirs, out: str | os.PathLike, format: str | None = None, title: str | None = None) -> Path:
+def build_report(results_dirs, out: str | os.PathLike, format: str | None = None, title: str | None = None,
+                 labels: dict[str, str] | None = None) -> Path:
     """Write the report of one or more results folders to ``out`` (``.html`` or ``.pdf``;
     ``format`` overrides the suffix). The file appears complete or not at all."""
     out = Path(out).expanduser()
@@ -176,7 +178,7 @@ def build_report(results_dirs, out: str | os.PathLike, format: str | None = None
         raise RobustfeatError(f"unknown report format '{fmt}': use html or pdf (--format, or an .html/.pdf name)")
     if out.is_dir():
         raise RobustfeatError(f"--out '{out}' is a folder; give a file name such as {out / ('report.' + fmt)}")
-    results = load_results(results_dirs)
+    results = load_results(results_dirs, labels)
     html = render_html(results, title)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -70,8 +70,11 @@ class Results:
         return self.frame[cols].drop_duplicates().reset_index(drop=True)
 
 
-def load_results(paths: list[str | os.PathLike] | str | os.PathLike) -> Results:
-    """Read one or more results folders written by ``robustfeat evaluate``."""
+def load_results(paths: list[str | os.PathLike] | str | os.PathLike,
+                 labels: dict[str, str] | None = None) -> Results:
+    """Read one or more results folders written by ``robustfeat evaluate``. ``labels``
+    renames the method of a folder's rows ({folder: label}), e.g. to tell sweep cells that
+    differ in a hyperparameter apart."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
@@ -99,6 +102,8 @@ def load_results(paths: list[str | os.PathLike] | str | os.PathLike) -> Results:
             raise RobustfeatError(f"'{csv_path}' lacks the columns {sorted(missing)}; was it written by robustfeat?")
         key = str(root)
         frame.insert(0, "results_dir", key)
+        if labels and str(p) in labels:
+            frame["method"] = labels[str(p)]
         frames.append(frame)
         provenance[key] = meta
     frame = pd.concat(frames, ignore_index=True)

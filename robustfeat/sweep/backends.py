@@ -1,0 +1,98 @@
+"""Where sweep cells run (``robustfeat ls backends``): ``local`` runs them one after another
+in this process; ``ray`` submits each as a Ray task with CPU/GPU requests and retries, on a
+cluster given by ``--address`` or on a Ray instance started here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from robustfeat.errors import RobustfeatError
+from robustfeat.registry import BACKENDS
+from robustfeat.sweep.grid import CellSpec
+from robustfeat.sweep.run import finished, run_cell
+
+
+class Backend:
+    name = ""
+    summary = ""
+
+    def __init__(self, address: str | None = None) -> None:
+        if address is not None and self.name != "ray":
+            raise RobustfeatError(f"--address is for the ray backend; the {self.name} backend runs here")
+        self.address = address
+
+    def run(self, cells: list[CellSpec], out: Path, resources: dict[str, Any], progress: bool) -> list[dict]:
+        raise NotImplementedError
+
+
+@BACKENDS.register("local")
+class LocalBackend(Backend):
+    name = "local"
+    summary = "cells one after another in this process (no extra dependency)"
+
+    def run(self, cells, out, resources, progress):
+        from tqdm.auto import tqdm
+
+        records = []
+        with tqdm(total=len(cells), unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+            for spec in cells:
+                bar.set_description_str(spec.name)
+                records.append(run_cell(spec, out, resources.get("threads")))
+                bar.update(1)
+        return records
+
+
+@BACKENDS.register("ray")
+class RayBackend(Backend):
+    name = "ray"
+    summary = "each cell a Ray task (CPU/GPU requests, retries on worker failure); --address joins a cluster"
+
+    def run(self, cells, out, resources, progress):
+        try:
+            import ray
+        except ImportError:
+            raise RobustfeatError("the ray backend needs Ray: pip install 'robustfeat[ray]'") from None
+        from tqdm.auto import tqdm
+
+        started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise RobustfeatError(f"cannot start or reach Ray{f' at {self.address}' if self.address else ''}: "
+                                      f"{str(e).splitlines()[0]}") from None
+            started = True
+        try:
+            task = ray.remote(run_cell).options(
+                num_cpus=resources.get("cpus", 1), num_gpus=resources.get("gpus", 0),
+                memory=int(resources["memory_gb"] * 2**30) if resources.get("memory_gb") else None,
+                max_retries=int(resources.get("retries", 3)), retry_exceptions=False)
+            refs = {task.remote(spec, str(out), resources.get("threads")): spec for spec in cells}
+            records: dict[str, dict] = {}
+            pending = list(refs)
+            with tqdm(total=len(cells), unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    for ref in ready:
+                        try:
+                            records[refs[ref].key] = ray.get(ref)
+                        except ray.exceptions.RayError as e:
+                            raise RobustfeatError(f"sweep cell {refs[ref].name} failed on Ray: "
+                                                  f"{str(e).strip().splitlines()[-1]}") from None
+                        bar.update(1)
+            return [records[spec.key] for spec in cells]
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def get_backend(name: str, address: str | None = None) -> Backend:
+    return BACKENDS.get(name)(address)
+
+
+def pending(cells: list[CellSpec], out: str | os.PathLike) -> list[CellSpec]:
+    return [c for c in cells if finished(out, c) is None]

@@ -1,0 +1,168 @@
+"""Sweep grids: a YAML file naming models, datasets, methods, seeds and hyperparameter
+lists, expanded into cells. Each cell is one fine-tune followed by its evaluation, keyed by
+a content hash of its full configuration and the code version, so a rerun skips finished
+cells and changing one field reruns only the cells it touches.
+
+    models: [minilm-l6]
+    datasets: [rotten-tomatoes]
+    methods: [linear, lora, lorfa, vefa]
+    seeds: [0, 1, 2]
+    hyperparameters:           # every list is crossed with the others
+      lr: [0.001, 0.003]
+    train: {max_examples: 2000}   # fixed TrainConfig fields for every cell
+    evaluate: {quick: true, shifts: [clean, ood, cka, weights]}
+    resources: {cpus: 1, gpus: 0}  # per cell, for the ray backend (fractional GPUs allowed);
+                                   # threads: torch threads per cell (same number, same bytes)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from robustfeat.errors import RobustfeatError
+
+KEYS = {"models", "datasets", "methods", "seeds", "hyperparameters", "train", "evaluate", "resources"}
+EVALUATE_KEYS = {"quick", "shifts", "bank", "seed", "batch_size", "pairs", "domain_column", "imagenet"}
+RESOURCE_KEYS = {"cpus", "gpus", "memory_gb", "retries", "threads"}
+
+
+class GridError(RobustfeatError):
+    """A sweep grid file that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell: the training configuration and how to evaluate it."""
+
+    train: dict[str, Any]
+    evaluate: dict[str, Any]
+    varied: dict[str, Any] = field(default_factory=dict)  # the hyperparameters this cell sets
+
+    @property
+    def key(self) -> str:
+        payload = json.dumps({"train": self.train, "evaluate": self.evaluate, "code": code_version()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """The method with the hyperparameters varied in the grid (how reports group cells)."""
+        extra = " ".join(f"{k}={v}" for k, v in sorted(self.varied.items()))
+        return f"{self.train['method']} {extra}".strip()
+
+    @property
+    def name(self) -> str:
+        t = self.train
+        return f"{t['model']}/{t['data']}/{self.label}/seed{t['seed']}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    cells: tuple[CellSpec, ...]
+    resources: dict[str, Any]
+    source: str
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version and a hash of its Python sources: a cell computed by other code
+    is not reused."""
+    import robustfeat
+
+    root = Path(robustfeat.__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return f"{robustfeat.__version__}+{h.hexdigest()[:12]}"
+
+
+def _list(doc: dict, key: str, kind: type | tuple[type, ...], required: bool = True) -> list:
+    if key not in doc:
+        if required:
+            raise GridError(f"the grid needs '{key}': a list, e.g. {key}: [...]")
+        return []
+    value = doc[key]
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise GridError(f"'{key}' is empty: give at least one value")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise GridError(f"'{key}' holds {v!r}, which is not a {getattr(kind, '__name__', 'valid value')}")
+    if len(set(map(repr, value))) != len(value):
+        raise GridError(f"'{key}' lists a value twice: {value}")
+    return value
+
+
+def parse_grid(doc: Any, source: str = "<grid>") -> Grid:
+    """Validate a grid document (the parsed YAML) and expand it into cells."""
+    from robustfeat.train import TrainConfig
+    from robustfeat.train.loop import preflight
+
+    if not isinstance(doc, dict):
+        raise GridError(f"{source}: a grid is a mapping with models, datasets, methods and seeds")
+    unknown = sorted(set(doc) - KEYS)
+    if unknown:
+        raise GridError(f"{source}: unknown key(s) {', '.join(unknown)}; a grid has {', '.join(sorted(KEYS))}")
+    models, datasets = _list(doc, "models", str), _list(doc, "datasets", str)
+    methods, seeds = _list(doc, "methods", str), _list(doc, "seeds", int)
+    hyper = doc.get("hyperparameters") or {}
+    train = doc.get("train") or {}
+    evaluate = doc.get("evaluate") or {}
+    resources = doc.get("resources") or {}
+    for name, value in (("hyperparameters", hyper), ("train", train), ("evaluate", evaluate), ("resources", resources)):
+        if not isinstance(value, dict):
+            raise GridError(f"{source}: '{name}' must be a mapping, got {type(value).__name__}")
+    train_fields = {f.name for f in fields(TrainConfig)}
+    reserved = {"model", "data", "method", "seed"}
+    for where, keys in (("hyperparameters", hyper), ("train", train)):
+        bad = sorted(set(keys) - (train_fields - reserved))
+        if bad:
+            raise GridError(f"{source}: '{where}' has unknown or reserved field(s) {', '.join(bad)} "
+                            f"(training fields: {', '.join(sorted(train_fields - reserved))})")
+    both = sorted(set(hyper) & set(train))
+    if both:
+        raise GridError(f"{source}: {', '.join(both)} is both fixed in 'train' and swept in 'hyperparameters'")
+    bad = sorted(set(evaluate) - EVALUATE_KEYS)
+    if bad:
+        raise GridError(f"{source}: 'evaluate' has unknown field(s) {', '.join(bad)} ({', '.join(sorted(EVALUATE_KEYS))})")
+    bad = sorted(set(resources) - RESOURCE_KEYS)
+    if bad:
+        raise GridError(f"{source}: 'resources' has unknown field(s) {', '.join(bad)} ({', '.join(sorted(RESOURCE_KEYS))})")
+    for k in ("cpus", "gpus", "memory_gb", "retries", "threads"):
+        v = resources.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v):
+            raise GridError(f"{source}: resources.{k} must be a number >= 0, got {v!r}")
+    hyper_lists = {k: _list(hyper, k, (int, float, str)) for k in sorted(hyper)}
+    cells = []
+    for model, data, method, seed, *values in itertools.product(models, datasets, methods, seeds,
+                                                                  *hyper_lists.values()):
+        varied = dict(zip(hyper_lists, values))
+        try:
+            config = TrainConfig(model=model, data=data, method=method, seed=seed, **train, **varied)
+            preflight(config)  # names, adapter options and contradictions: before any cell runs
+        except RobustfeatError as e:
+            raise GridError(f"{source}: cell {model}/{data}/{method}/seed {seed}: {e}") from None
+        except TypeError as e:
+            raise GridError(f"{source}: {e}") from None
+        cells.append(CellSpec(json.loads(json.dumps(config.to_dict())), dict(sorted(evaluate.items())), varied))
+    return Grid(tuple(cells), dict(resources), source)
+
+
+def read_grid(path: str | os.PathLike) -> Grid:
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise GridError(f"grid file '{path}' does not exist")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise GridError(f"grid file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_grid(doc, str(path))

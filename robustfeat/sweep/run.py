@@ -1,0 +1,75 @@
+"""Running sweep cells: one cell is a fine-tune then its evaluation, in the cell's own
+folder ``OUT/cells/KEY/``; ``done.json`` is written last and atomically, so a cell is
+either finished or will be (re)done, and a rerun of the sweep skips finished cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from robustfeat.sweep.grid import CellSpec
+
+DONE = "done.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def cell_dir(out: str | os.PathLike, spec: CellSpec) -> Path:
+    return Path(out) / "cells" / spec.key
+
+
+def finished(out: str | os.PathLike, spec: CellSpec) -> dict | None:
+    path = cell_dir(out, spec) / DONE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("key") == spec.key else None
+
+
+def run_cell(spec: CellSpec, out: str | os.PathLike, threads: int | None = None) -> dict[str, Any]:
+    """Fine-tune and evaluate one cell (resuming whatever a killed attempt left) and return
+    its record. Safe to call again on a finished cell: it returns the record. ``threads``
+    fixes torch's thread count (results are bit-identical only at equal thread counts)."""
+    done = finished(out, spec)
+    if done is not None:
+        return done
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run(spec, out)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(spec: CellSpec, out: str | os.PathLike) -> dict[str, Any]:
+    from robustfeat.shifts.runner import evaluate
+    from robustfeat.train import TrainConfig, finetune
+
+    t0 = time.perf_counter()
+    root = cell_dir(out, spec)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json(root / "cell.json", {"key": spec.key, "name": spec.name, "label": spec.label, "train": spec.train,
+                                     "evaluate": spec.evaluate, "varied": spec.varied})
+    ckpt, results = root / "checkpoint", root / "results"
+    config = TrainConfig.from_dict(spec.train)
+    record = ckpt / "robustfeat.json"
+    if not (record.is_file() and json.loads(record.read_text()).get("config") == spec.train):
+        finetune(config, ckpt, overwrite=record.is_file(), progress=False)
+    opts = dict(spec.evaluate)
+    shifts = opts.pop("shifts", None)
+    evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False, **opts)
+    info = {"key": spec.key, "name": spec.name, "label": spec.label, "results": str(results),
+            "checkpoint": str(ckpt), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
+    _write_json(root / DONE, info)
+    return info
