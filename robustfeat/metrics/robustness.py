@@ -56,7 +56,7 @@ def agreement(logits_base, logits_tuned) -> tuple[float, float]:
     """Forgetting with no labels: (top-1 agreement, mean KL(p_base || p_tuned) in nats)
     between two models' outputs on the same probe inputs."""
     a, b = np.asarray(logits_base, dtype=np.float64), np.asarray(logits_tuned, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2 or len(a) == 0:
+    if a.shape != b.shape or a.ndim != 2 or 0 in a.shape:
         raise RobustfeatError(f"logits must be two equal (N, classes) arrays, got {a.shape} and {b.shape}")
     la, lb = _log_softmax(a), _log_softmax(b)
     kl = (np.exp(la) * (la - lb)).sum(1)

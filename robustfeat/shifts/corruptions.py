@@ -62,6 +62,8 @@ def corrupt(x: torch.Tensor, name: str, severity: int, seed: int | None = 0) -> 
         raise RobustfeatError(f"images must be floating point in [0, 1], got {x.dtype}")
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
+    if x.shape[0] == 0:  # an empty batch: nothing to corrupt
+        return x.clone()
     g = None
     if spec.random:
         g = torch.Generator(device=x.device)

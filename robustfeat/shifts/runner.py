@@ -45,7 +45,11 @@ def _read(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not p.is_dir():
         raise EvaluationError(f"'{path}' is not a checkpoint folder (it {'is a file' if p.exists() else 'does not exist'}); "
                               "pass a folder written by `robustfeat finetune`")
-    return p, read_run(p)
+    from robustfeat.adapters.checkpoint import read_checkpoint
+
+    record = read_run(p)
+    read_checkpoint(p)  # weights present, safe (never a pickle), complete and finite, before any work
+    return p, record
 
 
 def choose_bank(name: str | None, families: set[str]) -> Bank:

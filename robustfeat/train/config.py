@@ -11,6 +11,11 @@ from typing import Any
 from robustfeat.errors import ConfigError
 
 
+def _number(v: Any) -> bool:
+    """A finite real number (not a bool, a string or None)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     model: str = field(metadata={"help": "zoo name, local transformers folder, hf:ID or torchvision:NAME"})
@@ -49,14 +54,28 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
-        if not isinstance(self.epochs, (int, float)) or not math.isfinite(self.epochs) or self.epochs <= 0:
+        if not _number(self.epochs) or self.epochs <= 0:
             raise ConfigError(f"epochs must be a positive number, got {self.epochs!r}")
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0):
+        if self.lr is not None and (not _number(self.lr) or self.lr <= 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not _number(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be a number in [0, 1), got {self.warmup_ratio!r}")
+        if not _number(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0):
+            raise ConfigError(f"rank must be a positive integer or unset, got {self.rank!r}")
+        if self.alpha is not None and (not _number(self.alpha) or self.alpha <= 0):
+            raise ConfigError(f"alpha must be a positive number or unset, got {self.alpha!r}")
+        if self.dropout is not None and (not _number(self.dropout) or not 0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"dropout must be a number in [0, 1) or unset, got {self.dropout!r}")
+        if not isinstance(self.shift, bool):
+            raise ConfigError(f"shift must be true or false, got {self.shift!r}")
+        if self.text_column is not None and (not isinstance(self.text_column, str) or not self.text_column):
+            raise ConfigError(f"text_column must be a column name or unset, got {self.text_column!r}")
+        t = self.targets
+        if t is not None and not (isinstance(t, str) and t) and not (
+                isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)):
+            raise ConfigError(f"targets must be a name, a list of names or unset, got {t!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
 

@@ -343,11 +343,14 @@ def _write_final(model: torch.nn.Module, out: Path, record: dict[str, Any], base
 
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
+    if not path.is_dir():
+        raise TrainingError(f"'{path}' is not a run folder (it {'is a file' if path.exists() else 'does not exist'}); "
+                            "pass a folder written by robustfeat finetune")
     try:
         record = json.loads((path / RUN_FILE).read_text())
     except FileNotFoundError:
         raise TrainingError(f"'{path}' has no {RUN_FILE}; it is not a finished robustfeat run") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TrainingError(f"'{path / RUN_FILE}' is damaged ({e})") from None
     if record.get("format") != RUN_FORMAT:
         raise TrainingError(f"'{path / RUN_FILE}' is not a robustfeat run record")

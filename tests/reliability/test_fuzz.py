@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from robustfeat.errors import RobustfeatError
@@ -68,6 +68,7 @@ def _names():
        dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64]),
        ndim=st.sampled_from([3, 4, 5]), seed=st.one_of(st.none(), st.integers(0, 2**31)))
 def test_corruptions_never_crash(name, severity, n, c, h, w, dtype, ndim, seed):
+    """Anything: a corrupted batch or a clear error."""
     from robustfeat.shifts.corruptions import corrupt
 
     shape = {3: (c, h, w), 4: (n, c, h, w), 5: (n, 1, c, h, w)}[ndim]
@@ -77,9 +78,30 @@ def test_corruptions_never_crash(name, severity, n, c, h, w, dtype, ndim, seed):
         y = corrupt(x, name, severity, seed=seed)
     except RobustfeatError as e:
         assert str(e)
+        event("refused")
         return
+    event("corrupted")
     assert y.shape[0] == n and y.shape[-2:] == (h, w) and y.dtype == dtype
-    assert torch.isfinite(y.float()).all() and y.min() >= 0 and y.max() <= 1
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(_names()), severity=st.integers(1, 5), n=st.integers(0, 3), c=st.sampled_from([1, 3]),
+       h=st.integers(32, 72), w=st.integers(32, 72), dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]),
+       seed=st.one_of(st.none(), st.integers(0, 2**31)),
+       fill=st.sampled_from(["random", "zeros", "ones", "constant"]))
+def test_valid_images_of_any_size_are_corrupted_into_range(name, severity, n, c, h, w, dtype, seed, fill):
+    """Valid input of odd sizes, greyscale, half precision, flat images: a batch of the same
+    size and dtype in [0, 1], finite, the same for the same seed."""
+    from robustfeat.shifts.corruptions import corrupt
+
+    x = {"random": torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(1)),
+         "zeros": torch.zeros(n, c, h, w), "ones": torch.ones(n, c, h, w),
+         "constant": torch.full((n, c, h, w), 0.5)}[fill].to(dtype)
+    y = corrupt(x, name, severity, seed=seed)
+    assert y.shape == (n, 3, h, w) and y.dtype == dtype
+    assert torch.isfinite(y.float()).all() and (y.numel() == 0 or (y.min() >= 0 and y.max() <= 1))
+    if seed is not None:
+        assert torch.equal(y, corrupt(x, name, severity, seed=seed))
 
 
 @FUZZ
@@ -137,9 +159,9 @@ def test_drift_and_agreement_metrics_on_edge_cases(n, d, seed, scale):
 
 @FUZZ
 @given(errors=st.dictionaries(st.sampled_from(["fog", "snow", "zoom_blur"]),
-                              st.dictionaries(st.integers(0, 6), st.floats(-0.5, 1.5, allow_nan=True), max_size=5),
+                              st.dictionaries(st.integers(0, 6), st.one_of(st.floats(-0.5, 1.5), st.just(float("nan"))), max_size=5),
                               max_size=3),
-       clean=st.floats(-0.1, 1.1, allow_nan=True))
+       clean=st.one_of(st.floats(-0.1, 1.1), st.just(float("nan"))))
 def test_corruption_error_metrics_never_crash(errors, clean):
     from robustfeat.metrics import corruption_errors, mean_corruption_error
 
