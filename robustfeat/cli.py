@@ -228,10 +228,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as the one line every other error is."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"robustfeat: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustfeat import __version__
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="robustfeat",
         description="Fine-tune with LoRA, LoRFA and VeFA; measure drift and forgetting.",
     )

@@ -83,6 +83,9 @@ def test_finished_runs_are_never_overwritten_silently(tmp_path):
     with pytest.raises(TrainingError, match="already holds a finished checkpoint"):
         finetune(cfg(method="vefa"), tmp_path / "run", progress=False)
     assert files(tmp_path / "run") == before
+    # the same command again (say after a kill right at the end) is a no-op that reports the run
+    again = finetune(cfg(), tmp_path / "run", progress=False)
+    assert files(tmp_path / "run") == before and again.record["config"] == cfg().to_dict()
     finetune(cfg(method="vefa"), tmp_path / "run", progress=False, overwrite=True)
     assert json.loads((tmp_path / "run" / "robustfeat.json").read_text())["config"]["method"] == "vefa"
 

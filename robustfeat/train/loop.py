@@ -78,6 +78,23 @@ def pick_device(device: str | None) -> torch.device:
     return dev
 
 
+def finished_run(out: Path, config: TrainConfig) -> RunResult | None:
+    """The finished run in ``out`` if it was made from exactly ``config`` (with intact
+    weights), else None: rerunning a finished command is a no-op, not an error."""
+    try:
+        record = read_run(out)
+        from robustfeat.adapters.checkpoint import read_checkpoint
+
+        read_checkpoint(out)
+    except RobustfeatError:
+        return None
+    if record.get("config") != json.loads(json.dumps(config.to_dict())):
+        return None
+    val = record.get("validation") or {}
+    return RunResult(out, val.get("metric", ""), float(val.get("value", float("nan"))), int(record.get("steps", 0)),
+                     int(record.get("steps", 0)), record)
+
+
 def check_output(out: Path, digest: str, overwrite: bool) -> bool:
     """Decide what to do with ``out``: returns True to resume an interrupted run."""
     if not out.exists():
@@ -230,6 +247,9 @@ def _finetune(config: TrainConfig, out: Path, device: str | None, overwrite: boo
     from tqdm.auto import tqdm
 
     digest = config.digest()
+    done = finished_run(out, config) if not overwrite else None
+    if done is not None:  # the same command again after it finished (e.g. killed just at the end)
+        return done
     resume = check_output(out, digest, overwrite)
     if overwrite and out.exists() and not resume:
         clear_state(out)
