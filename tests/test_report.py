@@ -158,20 +158,7 @@ def results(tiny_results, tmp_path_factory):
     return res, evil
 
 
-def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-dev-shm-usage"):
-        opts.add_argument(a)
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
-
-
-def test_html_report_in_a_real_browser(results, tmp_path):
+def test_html_report_in_a_real_browser(results, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
     res, evil = results
@@ -179,25 +166,22 @@ def test_html_report_in_a_real_browser(results, tmp_path):
     text = html.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
     assert "<script>window.__pwned" not in text and "&lt;script&gt;" in text
-    driver = _browser()
-    try:
-        driver.get(html.as_uri())
-        assert driver.title.startswith("robustfeat report")
-        assert driver.execute_script("return window.__pwned === undefined")  # neither planted script ran
-        logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert logs == [], logs
-        assert "<script>window.__pwned" in driver.find_element(By.ID, "summary-table").text  # shown as text
-        imgs = driver.find_elements(By.CSS_SELECTOR, "figure img")
-        assert len(imgs) >= 4 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 100 for i in imgs)
-        # the per-cell tables sort by a click on a header (our one allowed script runs)
-        table = driver.find_element(By.CSS_SELECTOR, "table.sortable")
-        col = [h.text for h in table.find_elements(By.TAG_NAME, "th")].index("value")
-        table.find_elements(By.TAG_NAME, "th")[col].click()
-        vals = [float(r.find_elements(By.TAG_NAME, "td")[col].get_attribute("textContent"))
-                for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
-        assert vals == sorted(vals) and len(vals) > 1
-    finally:
-        driver.quit()
+    driver = browser
+    driver.get(html.as_uri())
+    assert driver.title.startswith("robustfeat report")
+    assert driver.execute_script("return window.__pwned === undefined")  # neither planted script ran
+    logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert logs == [], logs
+    assert "<script>window.__pwned" in driver.find_element(By.ID, "summary-table").text  # shown as text
+    imgs = driver.find_elements(By.CSS_SELECTOR, "figure img")
+    assert len(imgs) >= 4 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 100 for i in imgs)
+    # the per-cell tables sort by a click on a header (our one allowed script runs)
+    table = driver.find_element(By.CSS_SELECTOR, "table.sortable")
+    col = [h.text for h in table.find_elements(By.TAG_NAME, "th")].index("value")
+    table.find_elements(By.TAG_NAME, "th")[col].click()
+    vals = [float(r.find_elements(By.TAG_NAME, "td")[col].get_attribute("textContent"))
+            for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert vals == sorted(vals) and len(vals) > 1
 
 
 def test_pdf_report_pages_and_text(results, tmp_path):

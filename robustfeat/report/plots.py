@@ -40,6 +40,8 @@ def _color(groups: list, g: tuple) -> str:
 
 def _seed_note(frame: pd.DataFrame) -> str:
     seeds = frame.groupby(GROUP)["seed"].nunique()
+    if seeds.empty:
+        return "no checkpoints"
     lo, hi = int(seeds.min()), int(seeds.max())
     return f"{lo} seed{'s' if lo != 1 else ''} per method" if lo == hi else f"{lo}-{hi} seeds per method"
 
@@ -118,7 +120,10 @@ def id_vs_ood(frame: pd.DataFrame) -> Figure:
 
 def _corruption_errors(frame: pd.DataFrame) -> pd.DataFrame:
     rows = _need(frame, "corruptions", "corruption")
-    return rows[(rows.metric == "error") & (rows.severity > 0)]
+    err = rows[(rows.metric == "error") & (rows.severity > 0)]
+    if err.empty:
+        raise RobustfeatError("the corruption plots need per-severity 'error' rows of the corruptions evaluation")
+    return err
 
 
 def corruption_by_severity(frame: pd.DataFrame) -> Figure:

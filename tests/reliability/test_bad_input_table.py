@@ -1,0 +1,177 @@
+"""One table of bad input over every command. Each case must exit with code 2 and one
+clear line on stderr (no traceback), and leave every existing result byte-identical: a
+checkpoint, a results folder, a report and a sweep folder are snapshotted before and
+compared after the whole table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Real things that bad input must not damage, and malformed things to feed it."""
+    from PIL import Image
+    from safetensors.numpy import load_file, save_file
+
+    from robustfeat.report import build_report
+    from robustfeat.shifts.runner import evaluate
+    from robustfeat.sweep import sweep
+    from robustfeat.train import TrainConfig, finetune
+
+    root = tmp_path_factory.mktemp("world")
+    ckpt = root / "ckpt"
+    finetune(TrainConfig(model="tiny-cnn", data="mnist-5k", method="lora", image_size=32, max_examples=64,
+                         max_eval_examples=32, checkpoint_every=100), ckpt, progress=False)
+    results = root / "results"
+    evaluate([ckpt], results, quick=True, shifts=["clean", "fog"], progress=False)
+    report = build_report([results], root / "report.html")
+    grid = root / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"models": ["tiny-cnn"], "datasets": ["mnist-5k"], "methods": ["vefa"], "seeds": [0],
+                                    "train": {"image_size": 32, "max_examples": 64, "max_eval_examples": 32},
+                                    "evaluate": {"quick": True, "shifts": ["clean"]}}))
+    sweep(grid, root / "sweep", report=False, progress=False)
+
+    bad = root / "bad"
+    bad.mkdir()
+    nan = bad / "nan-ckpt"
+    shutil.copytree(ckpt, nan)
+    tensors = load_file(str(nan / "adapter_model.safetensors"))
+    first = sorted(tensors)[0]
+    tensors[first] = np.full_like(tensors[first], np.nan)
+    save_file(tensors, str(nan / "adapter_model.safetensors"))
+    trunc = bad / "truncated-ckpt"
+    shutil.copytree(ckpt, trunc)
+    data = (trunc / "adapter_model.safetensors").read_bytes()
+    (trunc / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    (bad / "empty.csv").write_text("text,label\n")
+    (bad / "nolabel.csv").write_text("text,stars\ngood,5\nbad,1\n")
+    tiny_images = bad / "tiny-images"
+    for c in ("a", "b"):
+        (tiny_images / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((3, 3, 3), dtype=np.uint8)).save(tiny_images / c / f"{i}.png")
+    other = bad / "other-version"
+    shutil.copytree(results, other)
+    meta = json.loads((other / "results.json").read_text())
+    meta["bank"] = "image-v0-quick"
+    (other / "results.json").write_text(json.dumps(meta))
+    broken = bad / "broken-results"
+    shutil.copytree(results, broken)
+    (broken / "results.csv").write_text("checkpoint,method\nx")
+    foreign = bad / "foreign-results"
+    shutil.copytree(results, foreign)
+    (foreign / "results.json").write_text(json.dumps({"format": "something-else"}))
+    (bad / "bad.yaml").write_text("models: [tiny-cnn\n")
+    (bad / "a-file").write_text("precious")
+    return {"root": root, "ckpt": ckpt, "results": results, "report": report, "grid": grid, "sweep": root / "sweep",
+            "bad": bad, "nan": nan, "trunc": trunc, "tiny_images": tiny_images, "other": other, "broken": broken,
+            "foreign": foreign}
+
+
+def cases(w):
+    b, ck, res = w["bad"], w["ckpt"], w["results"]
+    out = b / "new-out"
+    return [
+        # ls, info, data
+        (["ls", "modles"], "invalid choice: 'modles'"),
+        (["info", b / "nope"], "does not exist"),
+        (["info", b / "a-file"], "is a file"),
+        (["info", w["nan"]], "NaN or inf"),
+        (["info", w["trunc"]], "truncated or corrupt"),
+        (["data", "prepare", "mnist-6k"], "mnist-5k"),
+        # finetune
+        (["finetune", "--model", "tiny-cnnn", "--data", "mnist-5k", "--method", "lora", "--out", out], "tiny-cnn"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lorra", "--out", out], "lora"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--epochs", "-1", "--out", out],
+         "epochs must be a positive number"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--epochs", "abc", "--out", out],
+         "invalid float value: 'abc'"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--lr", "nan", "--out", out],
+         "lr must be a positive number"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--shift", "--out", out],
+         "shift"),
+        (["finetune", "--model", "tiny-bert", "--data", b / "empty.csv", "--method", "lora", "--out", out], "empty"),
+        (["finetune", "--model", "tiny-bert", "--data", b / "nolabel.csv", "--method", "lora", "--out", out], "label"),
+        (["finetune", "--model", "tiny-cnn", "--data", w["tiny_images"], "--method", "lora", "--out", out],
+         "too small"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--out", b / "a-file"],
+         "not a folder"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "vefa", "--out", ck],
+         "already holds a finished checkpoint"),
+        # evaluate
+        (["evaluate", b / "nope", "--out", out], "does not exist"),
+        (["evaluate", w["nan"], "--quick", "--out", out], "NaN or inf"),
+        (["evaluate", w["trunc"], "--quick", "--out", out], "truncated or corrupt"),
+        (["evaluate", ck, "--quick", "--out", w["other"]], "holds results of bank image-v0"),
+        (["evaluate", ck, "--quick", "--batch-size", "0", "--out", out], "batch size must be positive"),
+        (["evaluate", ck, "--quick", "--shifts", "fgo", "--out", out], "Did you mean 'fog'"),
+        (["evaluate", ck, "--quick", "--imagenet", b / "nope", "--out", out], "--imagenet folder"),
+        (["evaluate", ck, "--quick", "--out", res, "--seed", "3"], "holds results of bank"),
+        # report
+        (["report", b / "nope", "--out", b / "r.html"], "does not exist"),
+        (["report", w["broken"], "--out", b / "r.html"], "lacks the columns"),
+        (["report", w["foreign"], "--out", b / "r.html"], "not a robustfeat results file"),
+        (["report", res, "--out", b / "r.docx"], "unknown report format 'docx'"),
+        (["report", res, "--out", w["report"], "--format", "pdf", "--title"], "expected one argument"),
+        # sweep
+        (["sweep", b / "nope.yaml", "--out", out], "does not exist"),
+        (["sweep", b / "bad.yaml", "--out", out], "not valid YAML"),
+        (["sweep", w["grid"], "--backend", "slurm", "--out", w["sweep"]], "unknown backend 'slurm'"),
+        (["sweep", w["grid"], "--address", "1.2.3.4:6379", "--out", w["sweep"]], "--address is for the ray backend"),
+        (["sweep", w["grid"], "--out", b / "a-file"], "is a file"),
+        # quickstart
+        (["quickstart", "--out", b / "a-file"], "is a file"),
+    ]
+
+
+def _snapshot(w) -> dict[Path, bytes]:
+    keep = [w["ckpt"], w["results"], w["report"], w["sweep"], w["bad"] / "a-file", w["other"]]
+    files = {}
+    for k in keep:
+        for p in ([k] if k.is_file() else k.rglob("*")):
+            if p.is_file() and not p.name.endswith(".lock"):
+                files[p] = p.read_bytes()
+    return files
+
+
+def test_every_bad_input_is_one_line_and_harmless(world, capsys):
+    from robustfeat.cli import main
+
+    before = _snapshot(world)
+    table = cases(world)
+    failures = []
+    for args, match in table:
+        capsys.readouterr()
+        try:
+            code = main([*map(str, args)])
+        except SystemExit as e:  # argparse's own exit, after our one-line message
+            code = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        if code != 2 or len(err) != 1 or match not in err[0] or "Traceback" in err[0]:
+            failures.append((args, code, err[-3:]))
+    assert not failures, failures
+    assert _snapshot(world) == before
+    assert not (world["bad"] / "new-out").exists() or not any((world["bad"] / "new-out").rglob("*.csv"))
+    assert len(table) >= 35
+
+
+def test_the_same_through_a_real_process(world):
+    """One case in a real process: exit code 2, one line, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "robustfeat", "evaluate", str(world["nan"]), "--quick", "--out",
+                        str(world["bad"] / "proc-out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "NaN or inf" in r.stderr
+
+
+def test_debug_shows_the_traceback(world):
+    r = subprocess.run([sys.executable, "-m", "robustfeat", "--debug", "info", str(world["nan"])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" in r.stderr

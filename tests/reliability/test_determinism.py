@@ -1,0 +1,78 @@
+"""Determinism: the same seed gives byte-identical results files (timestamps aside) for
+fine-tuning, evaluation (CSV, Parquet, cells) and corrupted sets; another seed does not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from robustfeat.shifts.runner import evaluate
+from robustfeat.train import TrainConfig, finetune
+
+TIME_FIELDS = {"train_time_s", "peak_rss_mb", "created", "date", "seconds"}
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in TIME_FIELDS and k != "path"}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _config(seed=0):
+    return TrainConfig(model="tiny-cnn", data="mnist-5k", method="vefa", image_size=32, max_examples=128,
+                       max_eval_examples=64, seed=seed, checkpoint_every=100)
+
+
+def test_same_seed_same_bytes(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for r in runs:
+        finetune(_config(), r, progress=False)
+    a, b = runs
+    assert (a / "adapter_model.safetensors").read_bytes() == (b / "adapter_model.safetensors").read_bytes()
+    assert (a / "adapter_config.json").read_bytes() == (b / "adapter_config.json").read_bytes()
+    assert _strip(json.loads((a / "robustfeat.json").read_text())) == _strip(json.loads((b / "robustfeat.json").read_text()))
+    shifts = ["clean", "fog", "gaussian_noise", "imagenet-agreement", "cka", "weights"]
+    ra, rb = tmp_path / "ra", tmp_path / "rb"
+    evaluate([a], ra, quick=True, shifts=shifts, progress=False)
+    evaluate([b], rb, quick=True, shifts=shifts, progress=False)
+    # the checkpoints sit in different folders: their ids differ only in the folder name
+    csv_a = (ra / "results.csv").read_text().replace("a-", "X-")
+    csv_b = (rb / "results.csv").read_text().replace("b-", "X-")
+    assert csv_a == csv_b
+    cells_a = sorted(p.relative_to(ra).as_posix().replace("/a-", "/X-") for p in ra.glob("cells/*/*/*.json"))
+    cells_b = sorted(p.relative_to(rb).as_posix().replace("/b-", "/X-") for p in rb.glob("cells/*/*/*.json"))
+    assert cells_a == cells_b and len(cells_a) > 5
+    import pandas as pd
+
+    pa, pb = pd.read_parquet(ra / "results.parquet"), pd.read_parquet(rb / "results.parquet")
+    pa["checkpoint"] = pa.checkpoint.str.replace("a-", "X-")
+    pb["checkpoint"] = pb.checkpoint.str.replace("b-", "X-")
+    assert pa.equals(pb)
+
+
+def test_same_folder_twice_is_byte_identical(tmp_path):
+    """Evaluating the same checkpoint into two folders: the tables are the same bytes."""
+    ck = tmp_path / "ck"
+    finetune(_config(), ck, progress=False)
+    for out in ("r1", "r2"):
+        evaluate([ck], tmp_path / out, quick=True, shifts=["clean", "fog", "cka"], progress=False)
+    assert (tmp_path / "r1" / "results.csv").read_bytes() == (tmp_path / "r2" / "results.csv").read_bytes()
+    m1, m2 = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("r1", "r2"))
+    assert _strip(m1) == _strip(m2)
+
+
+def test_corrupted_sets_and_another_seed(tmp_path):
+    from robustfeat.shifts.cache import corrupted_images
+
+    ims = (np.random.default_rng(0).random((8, 40, 40, 3)) * 255).astype(np.uint8)
+    one = corrupted_images(ims, "shot_noise", 3, key="k" * 24, use_cache=False)
+    two = corrupted_images(ims, "shot_noise", 3, key="k" * 24, use_cache=False)
+    other = corrupted_images(ims, "shot_noise", 3, key="k" * 24, seed=1, use_cache=False)
+    assert one.tobytes() == two.tobytes() and one.tobytes() != other.tobytes()
+    a, b = tmp_path / "s0", tmp_path / "s1"
+    finetune(_config(0), a, progress=False)
+    finetune(_config(1), b, progress=False)
+    assert (a / "adapter_model.safetensors").read_bytes() != (b / "adapter_model.safetensors").read_bytes()
