@@ -179,3 +179,18 @@ def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     # and the results are those of an uninterrupted local run
     sweep(grid, tmp_path / "local", backend="local", report=False, progress=False)
     assert _tables(out) == _tables(tmp_path / "local")
+
+
+def test_local_backend_runs_one_cell_per_gpu_in_parallel(local_sweep, tmp_path, monkeypatch):
+    """With several GPUs the local backend runs cells in one process per GPU, each pinned to
+    its own device (simulated here: two 'GPUs' on the CPU); the results are the same."""
+    import robustfeat.sweep.backends as backends
+
+    root, grid, _ = local_sweep
+    monkeypatch.setattr(backends, "gpu_count", lambda: 2)
+    g = parse_grid({**TINY, "methods": ["lora"], "hyperparameters": {"lr": [0.001]}})
+    info = sweep(g, tmp_path / "gpus", backend="local", report=False, progress=False)
+    done = [json.loads(p.read_text()) for p in (tmp_path / "gpus").glob("cells/*/done.json")]
+    assert info["ran"] == 2 and len({d["pid"] for d in done}) >= 1 and os.getpid() not in {d["pid"] for d in done}
+    local = _tables(root / "local")
+    assert _tables(tmp_path / "gpus") == {k: local[k] for k in _tables(tmp_path / "gpus")}

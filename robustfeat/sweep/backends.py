@@ -30,18 +30,50 @@ class Backend:
 @BACKENDS.register("local")
 class LocalBackend(Backend):
     name = "local"
-    summary = "cells one after another in this process (no extra dependency)"
+    summary = "cells one after another in this process, or one per GPU in parallel where there are several"
 
     def run(self, cells, out, resources, progress):
         from tqdm.auto import tqdm
 
-        records = []
+        gpus = gpu_count()
         with tqdm(total=len(cells), unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+            if gpus > 1 and len(cells) > 1:
+                return _one_per_gpu(cells, out, resources, gpus, bar)
+            records = []
             for spec in cells:
                 bar.set_description_str(spec.name)
                 records.append(run_cell(spec, out, resources.get("threads")))
                 bar.update(1)
         return records
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _pin_gpu(queue) -> None:
+    """Worker initialiser: this process sees one GPU only, its own."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+
+
+def _one_per_gpu(cells, out, resources, gpus: int, bar) -> list[dict]:
+    """One worker process per GPU, each pinned to its GPU, cells handed out as they finish."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA state
+    queue = ctx.Queue()
+    for i in range(gpus):
+        queue.put(i)
+    records: dict[str, dict] = {}
+    with ProcessPoolExecutor(gpus, mp_context=ctx, initializer=_pin_gpu, initargs=(queue,)) as pool:
+        futures = {pool.submit(run_cell, spec, str(out), resources.get("threads")): spec for spec in cells}
+        for fut in as_completed(futures):
+            records[futures[fut].key] = fut.result()
+            bar.update(1)
+    return [records[spec.key] for spec in cells]
 
 
 @BACKENDS.register("ray")
