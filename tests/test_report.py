@@ -237,3 +237,20 @@ def test_two_models_are_compared_within_their_own_group():
     assert [ax.get_title() for ax in fig.axes] == ["m on d", "m2 on d"]
     drift = plots.drift_by_layer(pd.concat([a, b], ignore_index=True))
     assert len(drift.axes) == 6  # 3 measures x 2 models
+
+
+def test_a_single_checkpoint_report(tiny_results, tmp_path):
+    """One checkpoint alone still gives a report: its numbers, the plots that apply, and
+    a note for each plot that needs more (the forgetting trade-off needs the base)."""
+    one = tmp_path / "one"
+    shutil.copytree(tiny_results, one)
+    frame = pd.read_csv(one / "results.csv")
+    keep = frame[frame.method == "lora"].checkpoint.iloc[0]
+    frame[frame.checkpoint == keep].to_csv(one / "results.csv", index=False)
+    meta = json.loads((one / "results.json").read_text())
+    meta["checkpoints"] = {k: v for k, v in meta["checkpoints"].items() if k == keep}
+    (one / "results.json").write_text(json.dumps(meta))
+    html = build_report([one], tmp_path / "one.html").read_text()
+    assert "1 checkpoint from 1 results folder" in html
+    assert 'Plot "Forgetting vs ID gain" not drawn' in html and "linear" in html
+    assert html.count("<figure") >= 2
