@@ -95,8 +95,10 @@ class RayBackend(Backend):
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
+                hint = (" (a cluster with Ray's token authentication needs RAY_AUTH_MODE=token and its token in "
+                        "this environment too)") if self.address else ""
                 raise RobustfeatError(f"cannot start or reach Ray{f' at {self.address}' if self.address else ''}: "
-                                      f"{str(e).splitlines()[0]}") from None
+                                      f"{str(e).splitlines()[0]}{hint}") from None
             started = True
         try:
             task = ray.remote(run_cell).options(
