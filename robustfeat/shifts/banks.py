@@ -50,21 +50,26 @@ def register_bank(bank: Bank) -> Bank:
 
 
 DRIFT = (Entry("cka", {"examples": 256}, {"examples": 64}), Entry("weights", {"k": 10}))
+#: the entries the image and text banks share
+CLEAN = Entry("clean", {"examples": None})
+DOMAINS = Entry("domains", {"examples": None}, {"examples": 256})
+OOD = Entry("ood", {"examples": 2000}, {"examples": 256})
+LINEAR_PROBE = Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
+                     {"train_examples": 300, "test_examples": 200})
 
 register_bank(Bank(
     name="image", version=2, family="image-classifier",
     summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement (and accuracy on "
             "--imagenet DIR), linear probe, drift",
     entries=(
-        Entry("clean", {"examples": None}),
+        CLEAN,
         Entry("corruptions", {"examples": 1000}, {"examples": 128, "corruptions": QUICK_CORRUPTIONS,
                                                    "severities": (1, 3, 5)}),
-        Entry("domains", {"examples": None}, {"examples": 256}),
-        Entry("ood", {"examples": 2000}, {"examples": 256}),
+        DOMAINS,
+        OOD,
         Entry("imagenet-agreement", {"examples": 1000}, {"examples": 128}),
         Entry("imagenet-accuracy", {"examples": 5000}, {"examples": 256}),
-        Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
-              {"train_examples": 300, "test_examples": 200}),
+        LINEAR_PROBE,
         *DRIFT,
     ),
 ))
@@ -73,12 +78,11 @@ register_bank(Bank(
     name="text", version=1, family="text-classifier",
     summary="clean, domains, OOD sets (Amazon/NYT/tweets for Rotten Tomatoes), embedding geometry, linear probe, drift",
     entries=(
-        Entry("clean", {"examples": None}),
-        Entry("domains", {"examples": None}, {"examples": 256}),
-        Entry("ood", {"examples": 2000}, {"examples": 256}),
+        CLEAN,
+        DOMAINS,
+        OOD,
         Entry("embedding-geometry", {"examples": 500}, {"examples": 128}),
-        Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
-              {"train_examples": 300, "test_examples": 200}),
+        LINEAR_PROBE,
         *DRIFT,
     ),
 ))

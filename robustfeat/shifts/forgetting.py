@@ -40,21 +40,38 @@ def _pretrained_logits(handle, inputs):
     return handle.pretrained_logits(inputs)
 
 
-@register_evaluation
-class ImagenetAgreement(Evaluation):
-    name = "imagenet-agreement"
-    summary = "agreement (top-1, KL) of the kept ImageNet head, base vs fine-tuned, on probe images"
+class PretrainedHeadProbe(Evaluation):
+    """Shared by the probes of the kept pretrained (ImageNet) head: whether the model has
+    one, and the head's logits on a table for the base (cached once per base) and the
+    fine-tuned model."""
+
     families = frozenset({"image-classifier"})
 
+    @staticmethod
+    def has_head(ctx: EvalContext) -> bool:
+        return hasattr(ctx.handle, "pretrained_logits")
+
+    @staticmethod
+    def head_logits(ctx: EvalContext, table, cache: str, key: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        bs = ctx.options.batch_size
+
+        def logits(h):
+            return {"logits": predict_logits(h, table, bs, _pretrained_logits)}
+
+        return ctx.base_cached(cache, key, logits)["logits"], logits(ctx.handle)["logits"]
+
+
+@register_evaluation
+class ImagenetAgreement(PretrainedHeadProbe):
+    name = "imagenet-agreement"
+    summary = "agreement (top-1, KL) of the kept ImageNet head, base vs fine-tuned, on probe images"
+
     def cells(self, ctx: EvalContext) -> list[Cell]:
-        return [Cell(self.name, "test-images")] if hasattr(ctx.handle, "pretrained_logits") else []
+        return [Cell(self.name, "test-images")] if self.has_head(ctx) else []
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
         table = subsample(ctx.data["test"], self.params.get("examples"), ctx.options.seed)
-        bs = ctx.options.batch_size
-        base = ctx.base_cached("pretrained-logits", [ctx.data.fingerprint, table.fingerprint()],
-                               lambda h: {"logits": predict_logits(h, table, bs, _pretrained_logits)})["logits"]
-        tuned = predict_logits(ctx.handle, table, bs, _pretrained_logits)
+        base, tuned = self.head_logits(ctx, table, "pretrained-logits", [ctx.data.fingerprint, table.fingerprint()])
         top1, kl = agreement(base, tuned)
         n = len(table)
         return [metric_row("top1_agreement", top1, n), metric_row("kl_base_to_tuned", kl, n, note="nats"),
@@ -120,13 +137,26 @@ def _probe_accuracy(x_train, y_train, x_test, y_test) -> float:
 
 
 class GenericTextProbe(Evaluation):
-    """One cell on generic probe text (``data``, default ``news-text``; its test split)."""
+    """One cell on generic probe text (``data``, default ``news-text``; its test split): a
+    per-model ``measure`` of the text, taken once for the base (cached) and once for the
+    fine-tuned model, turned into rows by ``compare``."""
+
+    cache_name = ""
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         return [Cell(self.name, self.params.get("data", "news-text"))]
 
-    def probe_text(self, ctx: EvalContext, cell: Cell):
-        return _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))[1]
+    def measure(self, handle, table, batch_size: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def compare(self, base: dict[str, np.ndarray], tuned: dict[str, np.ndarray], n: int) -> list[dict]:
+        raise NotImplementedError
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        table = _probe_table(ctx, cell.shift, "test", self.params.get("examples", 500))[1]
+        bs = ctx.options.batch_size
+        base = ctx.base_cached(self.cache_name, [cell.shift, table.fingerprint()], lambda h: self.measure(h, table, bs))
+        return self.compare(base, self.measure(ctx.handle, table, bs), len(table))
 
 
 @register_evaluation
@@ -134,15 +164,14 @@ class EmbeddingGeometry(GenericTextProbe):
     name = "embedding-geometry"
     summary = "Spearman of pairwise cosine similarities of probe sentences (news-text), base vs fine-tuned"
     families = frozenset({"text-classifier"})
+    cache_name = "probe-embeddings"
 
-    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
-        table = self.probe_text(ctx, cell)
-        bs = ctx.options.batch_size
-        base = ctx.base_cached("probe-embeddings", [cell.shift, table.fingerprint()],
-                               lambda h: embed(h, table, bs))["embedding"]
-        rho = geometry_retention(base, embed(ctx.handle, table, bs)["embedding"])
-        return [metric_row("geometry_spearman", rho, len(table)),
-                metric_row("forgetting", 1.0 - rho, len(table), note="1 - Spearman")]
+    def measure(self, handle, table, batch_size):
+        return embed(handle, table, batch_size)
+
+    def compare(self, base, tuned, n):
+        rho = geometry_retention(base["embedding"], tuned["embedding"])
+        return [metric_row("geometry_spearman", rho, n), metric_row("forgetting", 1.0 - rho, n, note="1 - Spearman")]
 
 
 @register_evaluation
@@ -150,16 +179,14 @@ class Perplexity(GenericTextProbe):
     name = "perplexity"
     summary = "perplexity on generic text (news-text), base vs fine-tuned"
     families = frozenset({"causal-lm"})
+    cache_name = "perplexity"
 
-    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+    def measure(self, handle, table, batch_size):
         from robustfeat.train.loop import evaluate
 
-        table = self.probe_text(ctx, cell)
-        bs = ctx.options.batch_size
-        base = float(ctx.base_cached("perplexity", [cell.shift, table.fingerprint()],
-                                     lambda h: {"ppl": np.array(evaluate(h, table, bs)[1])})["ppl"])
-        tuned = evaluate(ctx.handle, table, bs)[1]
-        n = len(table)
-        return [metric_row("base_perplexity", base, n), metric_row("perplexity", tuned, n),
-                metric_row("forgetting", forgetting(base, tuned, higher_is_better=False), n,
-                           note="perplexity increase")]
+        return {"ppl": np.array(evaluate(handle, table, batch_size)[1])}
+
+    def compare(self, base, tuned, n):
+        b, t = float(base["ppl"]), float(tuned["ppl"])
+        return [metric_row("base_perplexity", b, n), metric_row("perplexity", t, n),
+                metric_row("forgetting", forgetting(b, t, higher_is_better=False), n, note="perplexity increase")]

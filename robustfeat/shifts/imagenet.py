@@ -21,15 +21,14 @@ from robustfeat.metrics import forgetting
 from robustfeat.shifts.evaluation import (
     Cell,
     EvalContext,
-    Evaluation,
     EvaluationError,
     accuracy_rows,
     cell_seed,
     metric_row,
-    predict_logits,
     register_evaluation,
     require,
 )
+from robustfeat.shifts.forgetting import PretrainedHeadProbe
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 CROP_FRACTION = 0.875
@@ -91,13 +90,12 @@ def load_images(items: list[tuple[Path, int]], size: int) -> Table:
 
 
 @register_evaluation
-class ImagenetAccuracy(Evaluation):
+class ImagenetAccuracy(PretrainedHeadProbe):
     name = "imagenet-accuracy"
     summary = "accuracy of the kept ImageNet head, base vs fine-tuned, on the folder given with --imagenet"
-    families = frozenset({"image-classifier"})
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
-        if not ctx.options.imagenet or not hasattr(ctx.handle, "pretrained_logits"):
+        if not ctx.options.imagenet or not self.has_head(ctx):
             return []
         # the cell is named after the folder's listing: another folder, or changed contents, is a new cell
         listing = "\n".join(f"{p.parent.name}/{p.name}" for p, _ in self._sample(ctx))
@@ -124,13 +122,7 @@ class ImagenetAccuracy(Evaluation):
         if "imagenet_images" not in ctx.memo:
             ctx.memo["imagenet_images"] = load_images(items, size)
         table = ctx.memo["imagenet_images"]
-        bs = ctx.options.batch_size
-
-        def logits(h):
-            return {"logits": predict_logits(h, table, bs, lambda m, x: m.pretrained_logits(x))}
-
-        base = ctx.base_cached("imagenet-folder-logits", [digest.hexdigest(), str(size)], logits)["logits"]
-        tuned = logits(ctx.handle)["logits"]
+        base, tuned = self.head_logits(ctx, table, "imagenet-folder-logits", [digest.hexdigest(), str(size)])
         labels = table["label"]
         base_acc = float((base.argmax(1) == labels).mean())
         rows = accuracy_rows(tuned.argmax(1) == labels, cell_seed(ctx.options.seed, cell))
