@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from robustfeat.errors import RobustfeatError
 from robustfeat.registry import CORRUPTIONS
 
 # Bumped whenever a corruption's output changes, so cached corrupted sets are regenerated.
-CORRUPTIONS_VERSION = 3
+CORRUPTIONS_VERSION = 4
 
 Fn = Callable[[torch.Tensor, int, torch.Generator | None], torch.Tensor]
 
@@ -38,11 +40,14 @@ class Corruption:
     family: str  # noise | blur | weather | digital
     random: bool  # draws random numbers (needs a seed to be deterministic)
     fn: Fn
+    # works on the 8-bit image, like the reference's PIL and libjpeg calls: reads x in any
+    # layout and returns NCHW-contiguous 8-bit levels / 255, already within [0, 1]
+    eight_bit: bool = False
 
 
-def register(name: str, family: str, random: bool = False) -> Callable[[Fn], Fn]:
+def register(name: str, family: str, random: bool = False, eight_bit: bool = False) -> Callable[[Fn], Fn]:
     def deco(fn: Fn) -> Fn:
-        CORRUPTIONS.register(name)(Corruption(name, family, random, fn))
+        CORRUPTIONS.register(name)(Corruption(name, family, random, fn, eight_bit))
         return fn
 
     return deco
@@ -68,16 +73,69 @@ def corrupt(x: torch.Tensor, name: str, severity: int, seed: int | None = 0) -> 
     if spec.random:
         g = torch.Generator(device=x.device)
         g.manual_seed(0 if seed is None else seed)
+    if spec.eight_bit:
+        return spec.fn(x, severity, g).to(x.dtype)
     # NCHW-contiguous first: a channels-last view (as permuted from HWC images) sends resizing
     # and colour operations down paths 2-3x slower
     return spec.fn(x.float().contiguous(), severity, g).clamp_(0.0, 1.0).to(x.dtype)
+
+
+# --- random draws ---------------------------------------------------------------------------
+# torch's CPU generator is one sequential stream, and the draws dominate the noise
+# corruptions. Large CPU draws are split into RNG_CHUNKS parts, each with its own generator
+# seeded from ``g``, filled on up to that many threads (torch releases the GIL). The chunking
+# is fixed, so the numbers do not depend on the number of threads.
+RNG_CHUNKS = 4
+_PARALLEL_DRAW = 1 << 16  # fewer values than this: one stream
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool() -> ThreadPoolExecutor:
+    pid = os.getpid()  # a forked child must not reuse its parent's (threadless) pool
+    if pid not in _pools:
+        _pools.clear()
+        _pools[pid] = ThreadPoolExecutor(RNG_CHUNKS, thread_name_prefix="robustfeat-rng")
+    return _pools[pid]
+
+
+def _draw(shape, g: torch.Generator | None, device: torch.device, normal: bool) -> torch.Tensor:
+    numel = math.prod(shape)
+    if torch.device(device).type != "cpu" or numel < _PARALLEL_DRAW:
+        return (torch.randn if normal else torch.rand)(shape, generator=g, device=device)
+    seeds = torch.randint(0, 2**62, (RNG_CHUNKS,), generator=g).tolist()
+    out = torch.empty(shape)
+    flat = out.view(-1)
+    bounds = [numel * i // RNG_CHUNKS for i in range(RNG_CHUNKS + 1)]
+
+    def fill(i: int) -> None:
+        gi = torch.Generator()
+        gi.manual_seed(seeds[i])
+        part = flat[bounds[i]:bounds[i + 1]]
+        part.normal_(generator=gi) if normal else part.uniform_(generator=gi)
+
+    if torch.get_num_threads() > 1:
+        list(_pool().map(fill, range(RNG_CHUNKS)))
+    else:
+        for i in range(RNG_CHUNKS):
+            fill(i)
+    return out
+
+
+def rand(shape, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) float32 values, deterministic for ``g``'s state."""
+    return _draw(tuple(shape), g, device, normal=False)
+
+
+def randn(shape, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal float32 values, deterministic for ``g``'s state."""
+    return _draw(tuple(shape), g, device, normal=True)
 
 
 # --- noise ----------------------------------------------------------------------------------
 @register("gaussian_noise", "noise", random=True)
 def gaussian_noise(x, severity, g):
     c = [0.08, 0.12, 0.18, 0.26, 0.38][severity - 1]
-    return x + torch.randn(x.shape, generator=g, device=x.device) * c
+    return x + randn(x.shape, g, x.device) * c
 
 
 @register("shot_noise", "noise", random=True)
@@ -90,17 +148,18 @@ def shot_noise(x, severity, g):
     return torch.poisson(x * c, generator=g) / c
 
 
-POISSON_GUIDE = 4096
+POISSON_GUIDE = 1024
 
 
 @functools.lru_cache(maxsize=8)
-def _poisson_tables(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _poisson_tables(c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Inverse-CDF tables for the 256 rates c * level / 255.
 
     ``cdf``: (256, K) float32 CDF rows, the last column forced to 1. ``guide``: (256 *
-    POISSON_GUIDE,) int32, for each level and cell j of [0, 1) in POISSON_GUIDE equal cells,
+    POISSON_GUIDE,) int16, for each level and cell j of [0, 1) in POISSON_GUIDE equal cells,
     2 * (the smallest count whose CDF exceeds j / POISSON_GUIDE) + 1 if a CDF step falls
     inside the cell (the answer then needs a check), + 0 if not (the answer is final).
+    ``steps``: the most CDF steps inside one cell. The guide (512 KB) stays in cache.
     """
     lam = torch.arange(256, dtype=torch.float64).view(-1, 1) * c / 255
     kmax = int(c + 12 * math.sqrt(c) + 30)
@@ -112,33 +171,38 @@ def _poisson_tables(c: int) -> tuple[torch.Tensor, torch.Tensor]:
     first = torch.searchsorted(cdf, cells.expand(256, -1).contiguous(), right=True)
     start, end = first[:, :-1], first[:, 1:]
     ambiguous = end > start  # the CDF steps past a count inside the cell
-    return cdf, (start * 2 + ambiguous).int().reshape(-1)
+    guide = (start * 2 + ambiguous).to(torch.int16).reshape(-1)
+    return cdf, guide, int((end - start).max())
 
 
 def poisson_8bit(levels: torch.Tensor, c: int, g: torch.Generator | None) -> torch.Tensor:
     """Poisson(c * levels / 255) samples for integer-valued float ``levels`` in 0..255 by
     inverse-CDF sampling: one uniform draw per value; a guide table gives the answer
-    directly for most draws, and the few that land in a cell holding a CDF step walk up
-    from there. Exact up to the float32 resolution of the uniforms; about 3x faster than
-    torch.poisson on CPU."""
-    cdf, guide = _poisson_tables(c)
-    u = torch.rand(levels.shape, generator=g, device=levels.device).reshape(-1)
-    key = levels.reshape(-1).mul(POISSON_GUIDE).add_(u.mul(POISSON_GUIDE).floor_().clamp_(max=POISSON_GUIDE - 1))
-    hit = guide.index_select(0, key.int())
+    directly for most draws; the few (1-3%) that land in a cell holding a CDF step step
+    up from there (twice at most), and the rare rest search their CDF row. Exact up to the float32 resolution of the
+    uniforms; several times faster than torch.poisson on CPU."""
+    cdf, guide, steps = _poisson_tables(c)
+    u = rand(levels.shape, g, levels.device).view(-1)
+    key = u.mul(POISSON_GUIDE).floor_().clamp_(max=POISSON_GUIDE - 1)
+    key = key.add_(levels.reshape(-1), alpha=POISSON_GUIDE).int()
+    hit = guide.index_select(0, key)
     k = hit.bitwise_right_shift(1)
     idx = hit.bitwise_and_(1).nonzero().squeeze(1)
     if len(idx):
-        sub_k = k[idx]
-        row = levels.reshape(-1)[idx].long() * cdf.shape[1]
-        sub_u = u[idx]
-        flat_cdf = cdf.reshape(-1)
-        active = torch.arange(len(idx))
-        while len(active):  # step up while the CDF at k is still <= u
-            up = flat_cdf[row[active] + sub_k[active]] <= sub_u[active]
-            active = active[up]
-            sub_k[active] += 1
-        k[idx] = sub_k
-    return k.reshape(levels.shape).float()
+        sub_k = k.index_select(0, idx).int()
+        row = key.index_select(0, idx).div_(POISSON_GUIDE, rounding_mode="floor").mul_(cdf.shape[1])
+        sub_u = u.index_select(0, idx)
+        flat_cdf = cdf.view(-1)
+        for _ in range(min(steps, 2)):  # CDF rows increase: once past u, a step adds nothing
+            sub_k += flat_cdf.index_select(0, row + sub_k) <= sub_u
+        if steps > 2:  # cells with more steps (the far tail, u near 1): a search per value
+            left = (flat_cdf.index_select(0, row + sub_k.clamp(max=cdf.shape[1] - 1)) <= sub_u).nonzero().squeeze(1)
+            if len(left):
+                rows = cdf.index_select(0, row.index_select(0, left) // cdf.shape[1])
+                found = torch.searchsorted(rows, sub_u.index_select(0, left)[:, None], right=True)[:, 0]
+                sub_k.index_copy_(0, left, found.int().clamp_(max=cdf.shape[1] - 1))
+        k.index_copy_(0, idx, sub_k.to(k.dtype))
+    return k.view(levels.shape).float()
 
 
 @register("impulse_noise", "noise", random=True)
@@ -146,7 +210,7 @@ def impulse_noise(x, severity, g):
     amount = [0.03, 0.06, 0.09, 0.17, 0.27][severity - 1]
     # each value independently: hit with probability `amount`, then salt (1) or pepper (0)
     # with probability 1/2; one uniform draw decides both (u < amount/2: salt)
-    u = torch.rand(x.shape, generator=g, device=x.device)
+    u = rand(x.shape, g, x.device)
     salt_or_pepper = (u < amount / 2).to(x.dtype)
     return torch.where(u < amount, salt_or_pepper, x)
 
@@ -154,7 +218,7 @@ def impulse_noise(x, severity, g):
 @register("speckle_noise", "noise", random=True)
 def speckle_noise(x, severity, g):
     c = [0.15, 0.2, 0.35, 0.45, 0.6][severity - 1]
-    return x + x * torch.randn(x.shape, generator=g, device=x.device) * c
+    return x + x * randn(x.shape, g, x.device) * c
 
 
 # --- blur -----------------------------------------------------------------------------------
@@ -179,6 +243,23 @@ def _filter_matrix(n: int, kernel: tuple[float, ...], mode: str) -> torch.Tensor
     return m.float()
 
 
+def _pad(x: torch.Tensor, dim: int, r: int, mode: str) -> torch.Tensor:
+    """x padded by r on both sides of ``dim`` under scipy's border ``mode``. Concatenated
+    edge slices: an index_select along the last axis is 15x slower on CPU."""
+    n = x.shape[dim]
+    if r == 0:
+        return x
+    if r > n:  # reflect wraps around more than once
+        return x.index_select(dim, _border_index(n, r, mode, x.device))
+    if mode == "nearest":
+        shape = list(x.shape)
+        shape[dim] = r
+        left, right = x.narrow(dim, 0, 1).expand(shape), x.narrow(dim, n - 1, 1).expand(shape)
+    else:
+        left, right = x.narrow(dim, 0, r).flip(dim), x.narrow(dim, n - r, r).flip(dim)
+    return torch.cat([left, x, right], dim=dim)
+
+
 def filter1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str = "nearest") -> torch.Tensor:
     """Correlate ``x`` with an odd 1-D ``kernel`` along ``dim`` (-1 or -2), scipy border
     ``mode``. Short kernels: a sum of shifted slices; long ones: one banded matmul (both
@@ -188,7 +269,7 @@ def filter1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str = "neare
         m = _filter_matrix(n, tuple(kernel.tolist()), mode).to(x.device)
         return x @ m if dim == -1 else m.t() @ x
     r = (taps - 1) // 2
-    xp = x.index_select(dim, _border_index(n, r, mode, x.device))
+    xp = _pad(x, dim, r, mode)
     weights = kernel.tolist()
     out = xp.narrow(dim, 0, n) * weights[0]
     for i in range(1, taps):
@@ -347,7 +428,7 @@ def motion_blur_at(x: torch.Tensor, radius: int, sigma: float, angle: float) -> 
         dx = -math.ceil((i * point[1]) / hypot - 0.5)
         if abs(dy) >= h or abs(dx) >= wd:
             break  # the motion left the image
-        out += w[i] * xp[..., pad - dy:pad - dy + h, pad - dx:pad - dx + wd]
+        out.add_(xp[..., pad - dy:pad - dy + h, pad - dx:pad - dx + wd], alpha=w[i])
     return out
 
 
@@ -386,7 +467,7 @@ def plasma_fractal(n: int, size: int, decay: float, g: torch.Generator | None, d
     step, wibble = size, 100.0
 
     def wibbled(a: torch.Tensor) -> torch.Tensor:
-        return a / 4 + wibble * (torch.rand(a.shape, generator=g, device=device) * 2 * wibble - wibble)
+        return a / 4 + wibble * (rand(a.shape, g, device) * 2 * wibble - wibble)
 
     while step >= 2:
         half = step // 2
@@ -422,7 +503,7 @@ def snow(x, severity, g):
         (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     n, _, h, w = x.shape
-    layer = torch.randn((n, 1, h, w), generator=g, device=x.device) * scale + loc
+    layer = randn((n, 1, h, w), g, x.device) * scale + loc
     layer = clipped_zoom(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp(0, 1)
     angles = (torch.rand(n, generator=g, device=x.device) * 90 - 135).tolist()  # falling: -135..-45 degrees
@@ -498,7 +579,7 @@ def elastic_transform(x, severity, g):
     alpha = [250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12][severity - 1]
     n, _, h, w = x.shape
     max_d = h * 0.005
-    fields = (torch.rand((n, 2, h, w), generator=g, device=x.device) * 2 - 1) * max_d
+    fields = (rand((n, 2, h, w), g, x.device) * 2 - 1) * max_d
     fields = gaussian_filter(fields, (0.01 * h, 0.01 * w), truncate=3.0, mode="reflect") * alpha
     return elastic_warp(x, fields[:, 0], fields[:, 1])
 
@@ -540,48 +621,114 @@ def saturate(x, severity, g):
     return torch.where(s > 0, coloured, red)
 
 
-def _box_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    return _box_matrix_cpu(n_in, n_out).to(device)
+# --- 8-bit digital corruptions: PIL's arithmetic, bit for bit ------------------------------
+# The reference runs pixelate and JPEG on uint8 images through PIL and libjpeg. Both are
+# reproduced exactly: the input is rounded to 8 bits and the output is 8-bit levels / 255.
+def _to_levels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round [0, 1] images to integer levels 0..255 of ``dtype`` in x's own layout. Via int16:
+    float -> uint8 is an unvectorised conversion in torch, float -> int16 -> uint8 is not."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.int16).to(dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _box_matrix_cpu(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) weights of PIL's BOX downscaling: output pixel j averages the input
-    pixels whose centres fall in its box [(j + 0.5) s - s/2, (j + 0.5) s + s/2), s = n_in / n_out
-    (whole pixels, not fractional coverage; the same bounds arithmetic as PIL)."""
+def box_windows(n_in: int, n_out: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """First input index and pixel count of each output's window in PIL's BOX downscaling
+    (``precompute_coeffs`` in Resample.c): output j's filter centre is (j + 0.5) * scale and
+    input i is in its window when -0.5 < (i - centre + 0.5) / scale <= 0.5, computed in
+    double in PIL's order. Windows can skip an input whose centre lies on a box edge."""
     scale = n_in / n_out
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    ss, support = 1.0 / scale, 0.5 * scale
+    first, count = [], []
     for j in range(n_out):
-        center = (j + 0.5) * scale
-        lo = max(int(center - 0.5 * scale + 0.5), 0)
-        hi = min(int(center + 0.5 * scale + 0.5), n_in)
-        for i in range(lo, hi):
-            t = (i - center + 0.5) / scale
-            if -0.5 <= t < 0.5:
-                w[j, i] = 1.0
-    return (w / w.sum(1, keepdim=True)).float()
+        centre = (j + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), n_in)
+        inside = [i for i in range(lo, hi) if -0.5 < (i - centre + 0.5) * ss <= 0.5]
+        first.append(inside[0])
+        count.append(len(inside))
+    return tuple(first), tuple(count)
 
 
-@register("pixelate", "digital")
+@functools.lru_cache(maxsize=64)
+def _box_plan(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owner, kk): the output window of each input (n_out for none), and PIL's fixed-point
+    weights round(2^22 / count) per output."""
+    first, count = box_windows(n_in, n_out)
+    owner = torch.full((n_in,), n_out, dtype=torch.long)
+    for j, (lo, n) in enumerate(zip(first, count)):
+        owner[lo:lo + n] = j
+    kk = (torch.tensor(count, dtype=torch.float64).reciprocal() * (1 << 22) + 0.5).floor().int()
+    return owner, kk
+
+
+def box_downscale(levels: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    """One pass of PIL's 8-bit BOX resize along ``dim`` of int16 ``levels`` (0..255):
+    window sums, then PIL's rounding (sum * kk + 2^21) >> 22, back to int16."""
+    owner, kk = _box_plan(levels.shape[dim], n_out)
+    shape = list(levels.shape)
+    shape[dim] = n_out + 1  # a spare slot for inputs in no window
+    sums = torch.zeros(shape, dtype=torch.int16, device=levels.device)
+    sums = sums.index_add_(dim, owner.to(levels.device), levels).narrow(dim, 0, n_out)
+    kk = kk.to(levels.device).view([-1] + [1] * (levels.ndim - dim - 1))
+    return sums.to(torch.int32).mul_(kk).add_(1 << 21).bitwise_right_shift_(22).to(torch.int16)
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each output in PIL's NEAREST resize (``ImagingScaleAffine``): the
+    position starts at scale / 2 and adds scale per output, in double, truncated."""
+    scale, pos, out = n_in / n_out, n_in / n_out * 0.5, []
+    for _ in range(n_out):
+        out.append(min(int(pos), n_in - 1))
+        pos += scale
+    return torch.tensor(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_nearest_is_pils(n_in: int, n_out: int) -> bool:
+    """Whether torch's nearest-exact upsampling picks PIL's source pixels for this size
+    (it computes the index in float32; at some sizes a tie rounds the other way)."""
+    probe = torch.arange(n_in, dtype=torch.float64).view(1, 1, n_in, 1)
+    picked = F.interpolate(probe, size=(n_out, 1), mode="nearest-exact").view(-1).long()
+    return torch.equal(picked, nearest_index(n_in, n_out))
+
+
+def nearest_upscale(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """PIL's NEAREST resize of (N, C, p, q) to (N, C, h, w)."""
+    p, q = x.shape[-2:]
+    if _torch_nearest_is_pils(p, h) and _torch_nearest_is_pils(q, w):
+        return F.interpolate(x, size=(h, w), mode="nearest-exact")
+    cols = x.index_select(3, nearest_index(q, w).to(x.device))
+    return cols.index_select(2, nearest_index(p, h).to(x.device))
+
+
+@register("pixelate", "digital", eight_bit=True)
 def pixelate(x, severity, g):
+    """PIL BOX down to c * size, 8-bit, then NEAREST back up: the reference's two resizes,
+    bit for bit. PIL resizes in two passes through an 8-bit image; since Pillow 13 the
+    vertical one goes first when the height shrinks by more than twice the width."""
     c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
     h, w = x.shape[-2:]
-    small_h, small_w = int(h * c), int(w * c)
-    if h % small_h == 0 and w % small_w == 0:  # whole boxes: PIL's BOX filter is a block average
-        small = F.avg_pool2d(x, (h // small_h, w // small_w))
+    p, q = int(h * c), int(w * c)
+    levels = _to_levels(x, torch.int16).contiguous()
+    if h - p > 2 * (w - q):
+        small = box_downscale(box_downscale(levels, 2, p), 3, q)
     else:
-        rows, cols = _box_matrix(h, small_h, x.device), _box_matrix(w, small_w, x.device)
-        small = torch.matmul(torch.matmul(rows, x), cols.t())  # (p, H) @ (N, C, H, W) @ (W, q)
-    small = (small * 255).round() / 255  # the reference stores the small image as 8-bit
-    return F.interpolate(small, size=(h, w), mode="nearest-exact")
+        small = box_downscale(box_downscale(levels, 3, q), 2, p)
+    return nearest_upscale(small.float().div_(255), h, w)
 
 
-@register("jpeg_compression", "digital")
+@register("jpeg_compression", "digital", eight_bit=True)
 def jpeg_compression(x, severity, g):
-    """JPEG round trip at the ImageNet-C quality, through libjpeg (torchvision.io)."""
+    """JPEG round trip at the ImageNet-C quality through libjpeg (torchvision.io), on the
+    8-bit image as the reference does; its output equals the reference's."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
     quality = [25, 18, 15, 10, 7][severity - 1]
-    u8 = x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu()  # rounded (the + 0.5 truncates up)
-    out = decode_jpeg(encode_jpeg(list(u8), quality=quality))  # the list forms: one call each
-    return torch.stack(out).to(x.device, torch.float32).div_(255)
+    # HWC 8-bit images, the layout libjpeg reads; a (C, H, W) view of each goes in as is
+    hwc = _to_levels(x.permute(0, 2, 3, 1), torch.uint8).cpu().contiguous()
+    decoded = decode_jpeg(encode_jpeg([im.permute(2, 0, 1) for im in hwc], quality=quality))
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for i, im in enumerate(decoded):
+        out[i].copy_(im)
+    return out.div_(255).to(x.device)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustfeat.shifts.corruptions import gaussian_filter, register
+from robustfeat.shifts.corruptions import gaussian_filter, randn, register
 
 SPATTER = [(0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
            (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1)]
@@ -131,7 +131,7 @@ def spatter(x, severity, g):
     equalised, embossed and blurred into the drops' shading."""
     loc, scale, sigma, cut, strength, mud = SPATTER[severity - 1]
     n, _, h, w = x.shape
-    liquid = torch.randn((n, 1, h, w), generator=g, device=x.device) * scale + loc
+    liquid = randn((n, 1, h, w), g, x.device) * scale + loc
     liquid = gaussian_filter(liquid, sigma)
     liquid = torch.where(liquid < cut, torch.zeros_like(liquid), liquid)
     if mud:
