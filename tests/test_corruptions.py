@@ -3,7 +3,8 @@
 
 Tolerances: deterministic corruptions must reach PSNR >= 35 dB against the reference on
 every image and severity (measured: 51-56 dB; the rest is the reference's 8-bit rounding);
-random ones must match the reference's perturbation mean within 0.01 and std within 5%."""
+pixelate and JPEG, which work on the 8-bit image, must equal it bit for bit; random ones
+must match the reference's perturbation mean within 0.01 and std within 5%."""
 
 from __future__ import annotations
 
@@ -419,3 +420,44 @@ def test_eight_bit_corruptions_quantise_input_like_the_reference():
         assert torch.equal(out, corrupt(x.clamp(0, 1), name, 3))
     grey = corrupt(torch.rand(2, 1, 40, 33), "pixelate", 2)
     assert grey.shape == (2, 3, 40, 33) and torch.equal(grey[:, 0], grey[:, 2])
+
+
+def test_chunks_and_parallel_draws_do_not_depend_on_the_thread_count(monkeypatch):
+    """A batch spanning several chunks, with draws split over threads, gives the same
+    images on 1 thread as on 2, and the same images again when repeated."""
+    import robustfeat.shifts.corruptions as C
+
+    monkeypatch.setattr(C, "CHUNK_VALUES", 2 * 3 * 40 * 40)  # 2 images per chunk
+    monkeypatch.setattr(C, "_PARALLEL_DRAW", 1000)  # every draw goes parallel
+    x = torch.rand(5, 3, 40, 40)
+    before = torch.get_num_threads()
+    try:
+        for name in ("gaussian_noise", "shot_noise", "impulse_noise", "elastic_transform", "fog"):
+            torch.set_num_threads(1)
+            one = corrupt(x, name, 3, seed=4)
+            torch.set_num_threads(2)
+            two = corrupt(x, name, 3, seed=4)
+            assert torch.equal(one, two), name
+            assert torch.equal(two, corrupt(x, name, 3, seed=4)), name
+            # the chunks draw different numbers: the same image twice is corrupted differently
+            same = torch.stack([x[0]] * 5)
+            out = corrupt(same, name, 3, seed=4)
+            assert not torch.equal(out[0], out[2]) and not torch.equal(out[0], out[1]), name
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parallel_draws_have_the_right_distribution(monkeypatch):
+    import robustfeat.shifts.corruptions as C
+
+    g = torch.Generator().manual_seed(0)
+    u = C.rand((400, 1000), g, torch.device("cpu"))
+    z = C.randn((400, 1000), g, torch.device("cpu"))
+    assert u.shape == (400, 1000) and u.dtype == torch.float32 and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.002 and abs(u.var() - 1 / 12) < 0.001
+    assert abs(z.mean()) < 0.005 and abs(z.std() - 1) < 0.005
+    parts = u.view(-1).chunk(C.RNG_CHUNKS)
+    assert not torch.equal(parts[0][:100], parts[1][:100])  # each part its own stream
+    # small draws take one stream from the generator itself
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(C.rand((10, 10), g1, torch.device("cpu")), torch.rand((10, 10), generator=g2))
