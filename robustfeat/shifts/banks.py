@@ -57,8 +57,12 @@ OOD = Entry("ood", {"examples": 2000}, {"examples": 256})
 LINEAR_PROBE = Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
                      {"train_examples": 300, "test_examples": 200})
 
+#: the corruption code the image bank's version stands for: when CORRUPTIONS_VERSION changes
+#: the corrupted images change, so the image bank's version must change with it (a test checks)
+IMAGE_BANK_CORRUPTIONS_VERSION = 4
+
 register_bank(Bank(
-    name="image", version=2, family="image-classifier",
+    name="image", version=3, family="image-classifier",
     summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement (and accuracy on "
             "--imagenet DIR), linear probe, drift",
     entries=(
