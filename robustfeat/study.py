@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +67,35 @@ def _finetune_stage(scenario: Scenario, method: str, out: Path) -> Stage:
     return Stage(f"fine-tune {scenario.model} on {scenario.data} with {method}", scenario.finetune_s, run)
 
 
+def _set_aside_older_results(scenario: Scenario, out: Path) -> None:
+    """A results folder from an older version of the quick bank is renamed (to
+    ``results-<its bank>``), not overwritten, so the study evaluates its checkpoints afresh."""
+    from robustfeat.registry import MODELS
+    from robustfeat.shifts.banks import bank_for_family
+
+    meta_file = out / "results.json"
+    if not meta_file.is_file():
+        return
+    try:
+        held = json.loads(meta_file.read_text()).get("bank")
+    except (OSError, ValueError, AttributeError):
+        return  # not ours to move: evaluate() says what is wrong with it
+    wanted = bank_for_family(MODELS.get(scenario.model).family).tag + "-quick"
+    if isinstance(held, str) and held != wanted:
+        target, n = out.with_name(f"{out.name}-{held}"), 1
+        while target.exists():
+            n += 1
+            target = out.with_name(f"{out.name}-{held}-{n}")
+        out.rename(target)
+        print(f"robustfeat quickstart: {out} held results of bank {held}; moved them to {target.name} "
+              f"and evaluating with {wanted}", file=sys.stderr)
+
+
 def _evaluate_stage(scenario: Scenario, checkpoints: list[Path], out: Path) -> Stage:
     def run() -> None:
         from robustfeat.shifts.runner import evaluate
 
+        _set_aside_older_results(scenario, out)
         evaluate(checkpoints, out, quick=True, shifts=list(scenario.shifts) if scenario.shifts else None,
                  progress=False)
 

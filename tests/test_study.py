@@ -39,6 +39,22 @@ def test_study_runs_every_stage_then_resumes(tmp_path, monkeypatch, capsys):
     again = run_study(out, TINY, pdf=False, progress=False)
     assert calls == [] and {p: p.stat().st_mtime_ns for p in out.rglob("cells/*/*/*.json")} == before
     assert again["wall_s"] < info["wall_s"]
+    # results of an older bank version (a robustfeat upgrade) are moved aside, not mixed in
+    # or lost, and the checkpoints are evaluated again
+    meta_file = out / "images" / "results" / "results.json"
+    meta = __import__("json").loads(meta_file.read_text())
+    old_csv = (out / "images" / "results" / "results.csv").read_bytes()
+    meta["bank"] = "image-v0-quick"
+    meta_file.write_text(__import__("json").dumps(meta))
+    text_before = {p: p.stat().st_mtime_ns for p in (out / "text").rglob("cells/*/*/*.json")}
+    run_study(out, TINY, pdf=False, progress=False)
+    moved = out / "images" / "results-image-v0-quick"
+    assert (moved / "results.csv").read_bytes() == old_csv
+    assert "moved them to results-image-v0-quick" in capsys.readouterr().err
+    fresh = __import__("json").loads(meta_file.read_text())
+    assert fresh["bank"].startswith("image-v") and fresh["bank"] != "image-v0-quick"
+    assert (out / "images" / "results" / "results.csv").is_file() and calls == []
+    assert {p: p.stat().st_mtime_ns for p in (out / "text").rglob("cells/*/*/*.json")} == text_before
 
 
 def test_study_refuses_a_file_as_its_folder(tmp_path):
