@@ -46,7 +46,7 @@ class Corruption:
     random: bool  # draws random numbers (needs a seed to be deterministic)
     fn: Fn
     # works on the 8-bit image, like the reference's PIL and libjpeg calls: reads x in any
-    # layout and returns NCHW-contiguous 8-bit levels / 255, already within [0, 1]
+    # layout and returns 8-bit levels / 255, already within [0, 1]
     eight_bit: bool = False
 
 
@@ -100,22 +100,36 @@ def _apply(spec: Corruption, x: torch.Tensor, severity: int, g: torch.Generator 
     return spec.fn(x.float().contiguous(), severity, g).clamp_(0.0, 1.0)
 
 
-# --- random draws ---------------------------------------------------------------------------
-# torch's CPU generator is one sequential stream, and the draws dominate the noise
-# corruptions. Large CPU draws are split into RNG_CHUNKS parts, each with its own generator
-# seeded from ``g``, filled on up to that many threads (torch releases the GIL). The chunking
-# is fixed, so the numbers do not depend on the number of threads.
-RNG_CHUNKS = 4
-_PARALLEL_DRAW = 1 << 16  # fewer values than this: one stream
+# --- work on threads ------------------------------------------------------------------------
+# Some steps are sequential inside torch (a CPU generator is one stream; libjpeg codes one
+# image at a time) but release the GIL, so independent parts of them run on threads, as many
+# as torch's own thread count. What is split, and how, never depends on that count.
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def _pool() -> ThreadPoolExecutor:
+def _parallel_map(fn: Callable[[list], list], items: list) -> list:
+    """``fn`` (a list of items to the list of their results) applied to interleaved groups
+    of ``items``, one group per thread; the results in the order of ``items``."""
+    workers = min(torch.get_num_threads(), len(items), 8)
+    if workers <= 1:
+        return fn(items)
     pid = os.getpid()  # a forked child must not reuse its parent's (threadless) pool
     if pid not in _pools:
         _pools.clear()
-        _pools[pid] = ThreadPoolExecutor(RNG_CHUNKS, thread_name_prefix="robustfeat-rng")
-    return _pools[pid]
+        _pools[pid] = ThreadPoolExecutor(8, thread_name_prefix="robustfeat-corrupt")
+    out: list = [None] * len(items)
+    for i, results in enumerate(_pools[pid].map(fn, [items[i::workers] for i in range(workers)])):
+        out[i::workers] = results
+    return out
+
+
+# --- random draws ---------------------------------------------------------------------------
+# torch's CPU generator is one sequential stream, and the draws dominate the noise
+# corruptions. Large CPU draws are split into RNG_CHUNKS parts, each with its own generator
+# seeded from ``g``, filled on threads. The chunking is fixed, so the numbers do not depend
+# on the number of threads.
+RNG_CHUNKS = 4
+_PARALLEL_DRAW = 1 << 16  # fewer values than this: one stream
 
 
 def _draw(shape, g: torch.Generator | None, device: torch.device, normal: bool) -> torch.Tensor:
@@ -127,17 +141,15 @@ def _draw(shape, g: torch.Generator | None, device: torch.device, normal: bool) 
     flat = out.view(-1)
     bounds = [numel * i // RNG_CHUNKS for i in range(RNG_CHUNKS + 1)]
 
-    def fill(i: int) -> None:
-        gi = torch.Generator()
-        gi.manual_seed(seeds[i])
-        part = flat[bounds[i]:bounds[i + 1]]
-        part.normal_(generator=gi) if normal else part.uniform_(generator=gi)
+    def fill(chunks: list[int]) -> list[None]:
+        for i in chunks:
+            gi = torch.Generator()
+            gi.manual_seed(seeds[i])
+            part = flat[bounds[i]:bounds[i + 1]]
+            part.normal_(generator=gi) if normal else part.uniform_(generator=gi)
+        return [None] * len(chunks)
 
-    if torch.get_num_threads() > 1:
-        list(_pool().map(fill, range(RNG_CHUNKS)))
-    else:
-        for i in range(RNG_CHUNKS):
-            fill(i)
+    _parallel_map(fill, list(range(RNG_CHUNKS)))
     return out
 
 
@@ -155,7 +167,7 @@ def randn(shape, g: torch.Generator | None, device: torch.device) -> torch.Tenso
 @register("gaussian_noise", "noise", random=True)
 def gaussian_noise(x, severity, g):
     c = [0.08, 0.12, 0.18, 0.26, 0.38][severity - 1]
-    return x + randn(x.shape, g, x.device) * c
+    return torch.add(x, randn(x.shape, g, x.device), alpha=c)
 
 
 @register("shot_noise", "noise", random=True)
@@ -238,7 +250,7 @@ def impulse_noise(x, severity, g):
 @register("speckle_noise", "noise", random=True)
 def speckle_noise(x, severity, g):
     c = [0.15, 0.2, 0.35, 0.45, 0.6][severity - 1]
-    return x + x * randn(x.shape, g, x.device) * c
+    return randn(x.shape, g, x.device).mul_(x).mul_(c).add_(x)  # x + x * noise * c
 
 
 # --- blur -----------------------------------------------------------------------------------
@@ -393,8 +405,12 @@ def defocus_blur(x, severity, g):
     radius, alias = [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)][severity - 1]
     k = disk_kernel(radius, alias).to(x.device)
     r = (k.shape[0] - 1) // 2
-    xp = F.pad(x, (r, r, r, r), mode="reflect")
-    return fft_filter(xp, k)[..., r:-r, r:-r]
+    h, w = x.shape[-2:]
+    # reflect-padded straight to the FFT size: r on the top and left, the rest (>= r) on
+    # the other sides, so the FFT needs no zero-padded copy; only the centre is kept
+    fh, fw = _fft_size(h + 2 * r), _fft_size(w + 2 * r)
+    xp = F.pad(x, (r, fw - w - r, r, fh - h - r), mode="reflect")
+    return fft_filter(xp, k)[..., r:r + h, r:r + w]
 
 
 def fft_filter(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -747,8 +763,10 @@ def jpeg_compression(x, severity, g):
     quality = [25, 18, 15, 10, 7][severity - 1]
     # HWC 8-bit images, the layout libjpeg reads; a (C, H, W) view of each goes in as is
     hwc = _to_levels(x.permute(0, 2, 3, 1), torch.uint8).cpu().contiguous()
-    decoded = decode_jpeg(encode_jpeg([im.permute(2, 0, 1) for im in hwc], quality=quality))
-    out = torch.empty(x.shape, dtype=torch.float32)
-    for i, im in enumerate(decoded):
-        out[i].copy_(im)
-    return out.div_(255).to(x.device)
+    # one image at a time inside libjpeg, but without the GIL: the images go to threads
+    decoded = _parallel_map(lambda ims: decode_jpeg(encode_jpeg([im.permute(2, 0, 1) for im in ims], quality=quality)),
+                            list(hwc))
+    out = torch.stack([im.permute(1, 2, 0) for im in decoded]).float().div_(255).permute(0, 3, 1, 2)
+    if not x.permute(0, 2, 3, 1).is_contiguous():
+        out = out.contiguous()  # NCHW in, NCHW out; channels-last stays channels-last
+    return out.to(x.device)
