@@ -24,3 +24,18 @@ def test_benchmark_runs_and_reports_every_configuration(capsys, tmp_path):
     for name in ("lora", "lorfa", "vefa"):
         assert re.search(rf"\| {name} merged\+unloaded \| [\d.]+ \| [\d.]+ \|", out)
     assert out_json.exists()
+
+
+def test_corruption_benchmark_runs_and_reports_every_corruption(capsys):
+    import bench_corruptions
+
+    from robustfeat.registry import CORRUPTIONS
+
+    assert bench_corruptions.main(["--sizes", "32", "--images", "2", "--severity", "1", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in CORRUPTIONS.names():
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        reference, ours, ratio = (float(v.strip().rstrip("x")) for v in row.split("|")[2:5])
+        assert reference > 0 and ours > 0 and abs(ratio - ours / reference) < 0.05 * ratio + 0.05
+    assert re.search(r"\| \*\*ImageNet-C 15\*\* \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", out)
+    assert "slower than the reference:" in out
