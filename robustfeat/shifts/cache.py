@@ -11,7 +11,7 @@ import torch
 from robustfeat.data.cache import cache_root
 from robustfeat.errors import RobustfeatError
 from robustfeat.locks import locked
-from robustfeat.shifts.corruptions import CORRUPTIONS_VERSION, corrupt
+from robustfeat.shifts.corruptions import CORRUPTIONS_VERSION, corrupt, to_levels
 
 
 def corrupted_images(images: np.ndarray, name: str, severity: int, *, key: str, seed: int = 0,
@@ -54,7 +54,7 @@ def _generate(images: np.ndarray, name: str, severity: int, seed: int, batch_siz
         part = torch.from_numpy(images[start:start + batch_size]).to(device)
         x = part.unsqueeze(1) if part.ndim == 3 else part.permute(0, 3, 1, 2)
         y = corrupt(x.float() / 255, name, severity, seed=seed * 1_000_003 + b)
-        out.append((y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        out.append(to_levels(y, torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.ascontiguousarray(np.concatenate(out))  # the same layout as a set read back from the cache
 
 

@@ -660,7 +660,7 @@ def saturate(x, severity, g):
 # --- 8-bit digital corruptions: PIL's arithmetic, bit for bit ------------------------------
 # The reference runs pixelate and JPEG on uint8 images through PIL and libjpeg. Both are
 # reproduced exactly: the input is rounded to 8 bits and the output is 8-bit levels / 255.
-def _to_levels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def to_levels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Round [0, 1] images to integer levels 0..255 of ``dtype`` in x's own layout. Via int16:
     float -> uint8 is an unvectorised conversion in torch, float -> int16 -> uint8 is not."""
     return x.mul(255).round_().clamp_(0, 255).to(torch.int16).to(dtype)
@@ -746,7 +746,7 @@ def pixelate(x, severity, g):
     c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
     h, w = x.shape[-2:]
     p, q = int(h * c), int(w * c)
-    levels = _to_levels(x, torch.int16).contiguous()
+    levels = to_levels(x, torch.int16).contiguous()
     if h - p > 2 * (w - q):
         small = box_downscale(box_downscale(levels, 2, p), 3, q)
     else:
@@ -762,7 +762,7 @@ def jpeg_compression(x, severity, g):
 
     quality = [25, 18, 15, 10, 7][severity - 1]
     # HWC 8-bit images, the layout libjpeg reads; a (C, H, W) view of each goes in as is
-    hwc = _to_levels(x.permute(0, 2, 3, 1), torch.uint8).cpu().contiguous()
+    hwc = to_levels(x.permute(0, 2, 3, 1), torch.uint8).cpu().contiguous()
     # one image at a time inside libjpeg, but without the GIL: the images go to threads
     decoded = _parallel_map(lambda ims: decode_jpeg(encode_jpeg([im.permute(2, 0, 1) for im in ims], quality=quality)),
                             list(hwc))
