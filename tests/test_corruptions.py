@@ -246,7 +246,7 @@ def test_gaussian_filter_matches_scipy(mode, sigma):
     equal scipy.ndimage.gaussian_filter, borders included."""
     from scipy import ndimage
 
-    from robustfeat.shifts.corruptions import gaussian_filter
+    from robustfeat.shifts.filters import gaussian_filter
 
     x = torch.rand(2, 3, 40, 33, generator=torch.Generator().manual_seed(1))
     got = gaussian_filter(x, (sigma, sigma / 2), truncate=3.0, mode=mode).numpy()
@@ -262,7 +262,7 @@ def test_poisson_8bit_sampler_has_the_exact_distribution(c):
     variance match lambda within 5 standard errors."""
     from scipy import stats
 
-    from robustfeat.shifts.corruptions import poisson_8bit
+    from robustfeat.shifts.draws import poisson_8bit
 
     g = torch.Generator().manual_seed(0)
     n = 200_000
@@ -399,7 +399,7 @@ def test_eight_bit_corruptions_equal_the_reference_bit_for_bit(images, name, siz
 
 
 def test_pil_box_windows_and_nearest_index_by_hand():
-    from robustfeat.shifts.corruptions import box_downscale, box_windows, nearest_index
+    from robustfeat.shifts.eight_bit import box_downscale, box_windows, nearest_index
 
     # 7 -> 3: scale 7/3, centres 7/6, 7/2, 35/6; windows [0, 2], [2, 4], [5, 6] ... by the
     # rule -0.5 < (i + 0.5 - centre) * 3/7 <= 0.5: i in {0, 1}, {2, 3, 4}, {5, 6}
@@ -428,9 +428,10 @@ def test_chunks_and_parallel_draws_do_not_depend_on_the_thread_count(monkeypatch
     """A batch spanning several chunks, with draws split over threads, gives the same
     images on 1 thread as on 2, and the same images again when repeated."""
     import robustfeat.shifts.corruptions as C
+    import robustfeat.shifts.draws as D
 
     monkeypatch.setattr(C, "CHUNK_VALUES", 2 * 3 * 40 * 40)  # 2 images per chunk
-    monkeypatch.setattr(C, "_PARALLEL_DRAW", 1000)  # every draw goes parallel
+    monkeypatch.setattr(D, "_PARALLEL_DRAW", 1000)  # every draw goes parallel
     x = torch.rand(5, 3, 40, 40)
     before = torch.get_num_threads()
     try:
@@ -450,7 +451,7 @@ def test_chunks_and_parallel_draws_do_not_depend_on_the_thread_count(monkeypatch
 
 
 def test_parallel_draws_have_the_right_distribution(monkeypatch):
-    import robustfeat.shifts.corruptions as C
+    import robustfeat.shifts.draws as C
 
     g = torch.Generator().manual_seed(0)
     u = C.rand((400, 1000), g, torch.device("cpu"))

@@ -11,7 +11,8 @@ import torch
 from robustfeat.data.cache import cache_root
 from robustfeat.errors import RobustfeatError
 from robustfeat.locks import locked
-from robustfeat.shifts.corruptions import CORRUPTIONS_VERSION, corrupt, to_levels
+from robustfeat.shifts.corruptions import CORRUPTIONS_VERSION, corrupt
+from robustfeat.shifts.eight_bit import to_levels
 
 
 def corrupted_images(images: np.ndarray, name: str, severity: int, *, key: str, seed: int = 0,

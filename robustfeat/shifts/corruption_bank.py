@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 
 from robustfeat.metrics.corruption import COMMON, EXTRA
 from robustfeat.registry import CORRUPTIONS

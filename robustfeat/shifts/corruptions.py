@@ -10,6 +10,10 @@ All 19: gaussian, shot, impulse and speckle noise; defocus, glass, motion, zoom 
 blur; snow, frost, fog, brightness and spatter; contrast, elastic transform, pixelate, JPEG
 and saturate.
 
+The building blocks live next door: ``filters`` (separable and FFT filters with scipy's
+border modes), ``draws`` (seeded random draws on threads, 8-bit Poisson sampling) and
+``eight_bit`` (PIL's 8-bit resize arithmetic for pixelate); spatter is in ``spatter``.
+
 On CPU, ``corrupt`` works through a large batch in chunks of about 16 images at 224 px
 (cache-sized), drawing from one generator in order, and large random draws are split into
 a fixed number of independently seeded parts filled on several threads. Both are fixed by
@@ -20,11 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ import torch.nn.functional as F
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.registry import CORRUPTIONS
+from robustfeat.shifts.draws import parallel_map, poisson_8bit, rand, randn
+from robustfeat.shifts.eight_bit import box_downscale, nearest_upscale, to_levels
+from robustfeat.shifts.filters import fft_filter, fft_size, gaussian_filter
 
 # Bumped whenever a corruption's output changes, so cached corrupted sets are regenerated.
 CORRUPTIONS_VERSION = 4
@@ -100,69 +105,6 @@ def _apply(spec: Corruption, x: torch.Tensor, severity: int, g: torch.Generator 
     return spec.fn(x.float().contiguous(), severity, g).clamp_(0.0, 1.0)
 
 
-# --- work on threads ------------------------------------------------------------------------
-# Some steps are sequential inside torch (a CPU generator is one stream; libjpeg codes one
-# image at a time) but release the GIL, so independent parts of them run on threads, as many
-# as torch's own thread count. What is split, and how, never depends on that count.
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _parallel_map(fn: Callable[[list], list], items: list) -> list:
-    """``fn`` (a list of items to the list of their results) applied to interleaved groups
-    of ``items``, one group per thread; the results in the order of ``items``."""
-    workers = min(torch.get_num_threads(), len(items), 8)
-    if workers <= 1:
-        return fn(items)
-    pid = os.getpid()  # a forked child must not reuse its parent's (threadless) pool
-    if pid not in _pools:
-        _pools.clear()
-        _pools[pid] = ThreadPoolExecutor(8, thread_name_prefix="robustfeat-corrupt")
-    out: list = [None] * len(items)
-    for i, results in enumerate(_pools[pid].map(fn, [items[i::workers] for i in range(workers)])):
-        out[i::workers] = results
-    return out
-
-
-# --- random draws ---------------------------------------------------------------------------
-# torch's CPU generator is one sequential stream, and the draws dominate the noise
-# corruptions. Large CPU draws are split into RNG_CHUNKS parts, each with its own generator
-# seeded from ``g``, filled on threads. The chunking is fixed, so the numbers do not depend
-# on the number of threads.
-RNG_CHUNKS = 4
-_PARALLEL_DRAW = 1 << 16  # fewer values than this: one stream
-
-
-def _draw(shape, g: torch.Generator | None, device: torch.device, normal: bool) -> torch.Tensor:
-    numel = math.prod(shape)
-    if torch.device(device).type != "cpu" or numel < _PARALLEL_DRAW:
-        return (torch.randn if normal else torch.rand)(shape, generator=g, device=device)
-    seeds = torch.randint(0, 2**62, (RNG_CHUNKS,), generator=g).tolist()
-    out = torch.empty(shape)
-    flat = out.view(-1)
-    bounds = [numel * i // RNG_CHUNKS for i in range(RNG_CHUNKS + 1)]
-
-    def fill(chunks: list[int]) -> list[None]:
-        for i in chunks:
-            gi = torch.Generator()
-            gi.manual_seed(seeds[i])
-            part = flat[bounds[i]:bounds[i + 1]]
-            part.normal_(generator=gi) if normal else part.uniform_(generator=gi)
-        return [None] * len(chunks)
-
-    _parallel_map(fill, list(range(RNG_CHUNKS)))
-    return out
-
-
-def rand(shape, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) float32 values, deterministic for ``g``'s state."""
-    return _draw(tuple(shape), g, device, normal=False)
-
-
-def randn(shape, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Standard normal float32 values, deterministic for ``g``'s state."""
-    return _draw(tuple(shape), g, device, normal=True)
-
-
 # --- noise ----------------------------------------------------------------------------------
 @register("gaussian_noise", "noise", random=True)
 def gaussian_noise(x, severity, g):
@@ -178,63 +120,6 @@ def shot_noise(x, severity, g):
     if x.device.type == "cpu" and torch.equal(levels / 255, x):
         return poisson_8bit(levels, c, g) / c
     return torch.poisson(x * c, generator=g) / c
-
-
-POISSON_GUIDE = 1024
-
-
-@functools.lru_cache(maxsize=8)
-def _poisson_tables(c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Inverse-CDF tables for the 256 rates c * level / 255.
-
-    ``cdf``: (256, K) float32 CDF rows, the last column forced to 1. ``guide``: (256 *
-    POISSON_GUIDE,) int16, for each level and cell j of [0, 1) in POISSON_GUIDE equal cells,
-    2 * (the smallest count whose CDF exceeds j / POISSON_GUIDE) + 1 if a CDF step falls
-    inside the cell (the answer then needs a check), + 0 if not (the answer is final).
-    ``steps``: the most CDF steps inside one cell. The guide (512 KB) stays in cache.
-    """
-    lam = torch.arange(256, dtype=torch.float64).view(-1, 1) * c / 255
-    kmax = int(c + 12 * math.sqrt(c) + 30)
-    k = torch.arange(kmax + 1, dtype=torch.float64).view(1, -1)
-    logpmf = k * torch.log(lam.clamp(min=1e-300)) - lam - torch.lgamma(k + 1)
-    cdf = torch.where(lam > 0, logpmf.exp(), (k == 0).double()).cumsum(1).float()
-    cdf[:, -1] = 1.0  # the mass beyond kmax (< 1e-15) goes to the last count
-    cells = torch.arange(POISSON_GUIDE + 1, dtype=torch.float32) / POISSON_GUIDE
-    first = torch.searchsorted(cdf, cells.expand(256, -1).contiguous(), right=True)
-    start, end = first[:, :-1], first[:, 1:]
-    ambiguous = end > start  # the CDF steps past a count inside the cell
-    guide = (start * 2 + ambiguous).to(torch.int16).reshape(-1)
-    return cdf, guide, int((end - start).max())
-
-
-def poisson_8bit(levels: torch.Tensor, c: int, g: torch.Generator | None) -> torch.Tensor:
-    """Poisson(c * levels / 255) samples for integer-valued float ``levels`` in 0..255 by
-    inverse-CDF sampling: one uniform draw per value; a guide table gives the answer
-    directly for most draws; the few (1-3%) that land in a cell holding a CDF step step
-    up from there (twice at most), and the rare rest search their CDF row. Exact up to the float32 resolution of the
-    uniforms; several times faster than torch.poisson on CPU."""
-    cdf, guide, steps = _poisson_tables(c)
-    u = rand(levels.shape, g, levels.device).view(-1)
-    key = u.mul(POISSON_GUIDE).floor_().clamp_(max=POISSON_GUIDE - 1)
-    key = key.add_(levels.reshape(-1), alpha=POISSON_GUIDE).int()
-    hit = guide.index_select(0, key)
-    k = hit.bitwise_right_shift(1)
-    idx = hit.bitwise_and_(1).nonzero().squeeze(1)
-    if len(idx):
-        sub_k = k.index_select(0, idx).int()
-        row = key.index_select(0, idx).div_(POISSON_GUIDE, rounding_mode="floor").mul_(cdf.shape[1])
-        sub_u = u.index_select(0, idx)
-        flat_cdf = cdf.view(-1)
-        for _ in range(min(steps, 2)):  # CDF rows increase: once past u, a step adds nothing
-            sub_k += flat_cdf.index_select(0, row + sub_k) <= sub_u
-        if steps > 2:  # cells with more steps (the far tail, u near 1): a search per value
-            left = (flat_cdf.index_select(0, row + sub_k.clamp(max=cdf.shape[1] - 1)) <= sub_u).nonzero().squeeze(1)
-            if len(left):
-                rows = cdf.index_select(0, row.index_select(0, left) // cdf.shape[1])
-                found = torch.searchsorted(rows, sub_u.index_select(0, left)[:, None], right=True)[:, 0]
-                sub_k.index_copy_(0, left, found.int().clamp_(max=cdf.shape[1] - 1))
-        k.index_copy_(0, idx, sub_k.to(k.dtype))
-    return k.view(levels.shape).float()
 
 
 @register("impulse_noise", "noise", random=True)
@@ -254,78 +139,6 @@ def speckle_noise(x, severity, g):
 
 
 # --- blur -----------------------------------------------------------------------------------
-def _border_index(n: int, r: int, mode: str, device: torch.device) -> torch.Tensor:
-    """Source index of each of the n + 2r padded positions under scipy's border ``mode``:
-    'nearest' (a a | a b c | c c) or 'reflect' (b a | a b c | c b)."""
-    idx = torch.arange(-r, n + r, device=device)
-    if mode == "nearest":
-        return idx.clamp(0, n - 1)
-    idx = idx % (2 * n)
-    return torch.where(idx >= n, 2 * n - 1 - idx, idx)
-
-
-@functools.lru_cache(maxsize=64)
-def _filter_matrix(n: int, kernel: tuple[float, ...], mode: str) -> torch.Tensor:
-    """(n, n) matrix M with ``x @ M`` = the 1-D correlation of x's last axis with ``kernel``."""
-    r = (len(kernel) - 1) // 2
-    src = _border_index(n, r, mode, torch.device("cpu")).unfold(0, len(kernel), 1)  # (n, taps)
-    dst = torch.arange(n).view(-1, 1).expand_as(src)
-    k = torch.tensor(kernel, dtype=torch.float64).expand_as(src)
-    m = torch.zeros(n, n, dtype=torch.float64).index_put_((src.reshape(-1), dst.reshape(-1)), k.reshape(-1), accumulate=True)
-    return m.float()
-
-
-def _pad(x: torch.Tensor, dim: int, r: int, mode: str) -> torch.Tensor:
-    """x padded by r on both sides of ``dim`` under scipy's border ``mode``. Concatenated
-    edge slices: an index_select along the last axis is 15x slower on CPU."""
-    n = x.shape[dim]
-    if r == 0:
-        return x
-    if r > n:  # reflect wraps around more than once
-        return x.index_select(dim, _border_index(n, r, mode, x.device))
-    if mode == "nearest":
-        shape = list(x.shape)
-        shape[dim] = r
-        left, right = x.narrow(dim, 0, 1).expand(shape), x.narrow(dim, n - 1, 1).expand(shape)
-    else:
-        left, right = x.narrow(dim, 0, r).flip(dim), x.narrow(dim, n - r, r).flip(dim)
-    return torch.cat([left, x, right], dim=dim)
-
-
-def filter1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str = "nearest") -> torch.Tensor:
-    """Correlate ``x`` with an odd 1-D ``kernel`` along ``dim`` (-1 or -2), scipy border
-    ``mode``. Short kernels: a sum of shifted slices; long ones: one banded matmul (both
-    far faster on CPU than a depthwise convolution)."""
-    n, taps = x.shape[dim], len(kernel)
-    if taps > 17:
-        m = _filter_matrix(n, tuple(kernel.tolist()), mode).to(x.device)
-        return x @ m if dim == -1 else m.t() @ x
-    r = (taps - 1) // 2
-    xp = _pad(x, dim, r, mode)
-    weights = kernel.tolist()
-    out = xp.narrow(dim, 0, n) * weights[0]
-    for i in range(1, taps):
-        out.add_(xp.narrow(dim, i, n), alpha=weights[i])
-    return out
-
-
-def gaussian_kernel(sigma: float, truncate: float = 4.0, device: torch.device | None = None) -> torch.Tensor:
-    """scipy.ndimage's sampled Gaussian: radius int(truncate * sigma + 0.5), normalised."""
-    radius = int(truncate * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], truncate: float = 4.0,
-                    mode: str = "nearest") -> torch.Tensor:
-    """Separable Gaussian blur as scipy.ndimage.gaussian_filter on the last two axes
-    (``sigma`` one value or (sigma_y, sigma_x); default border 'nearest', edge replication)."""
-    sy, sx = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
-    x = filter1d(x, gaussian_kernel(sx, truncate, x.device), -1, mode)
-    return filter1d(x, gaussian_kernel(sy, truncate, x.device), -2, mode)
-
-
 GLASS_VARIANTS = 16
 
 
@@ -408,42 +221,9 @@ def defocus_blur(x, severity, g):
     h, w = x.shape[-2:]
     # reflect-padded straight to the FFT size: r on the top and left, the rest (>= r) on
     # the other sides, so the FFT needs no zero-padded copy; only the centre is kept
-    fh, fw = _fft_size(h + 2 * r), _fft_size(w + 2 * r)
+    fh, fw = fft_size(h + 2 * r), fft_size(w + 2 * r)
     xp = F.pad(x, (r, fw - w - r, r, fh - h - r), mode="reflect")
     return fft_filter(xp, k)[..., r:r + h, r:r + w]
-
-
-def fft_filter(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Circular correlation of every channel with the odd-sized kernel ``k``, by FFT (a
-    17x17 or 21x21 dense kernel is several times faster this way than as a convolution).
-    Callers pad first and crop the border, so the wrap-around never reaches the result."""
-    h, w = x.shape[-2:]
-    fh, fw = _fft_size(h), _fft_size(w)  # zeros past the end: read only by the cropped border
-    kh, kw = k.shape
-    kern = torch.zeros(fh, fw, device=x.device, dtype=torch.float32)
-    kern[:kh, :kw] = k
-    kern = torch.roll(kern, shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))  # centre at the origin
-    # correlation = convolution with the flipped kernel; the disk is symmetric, so either
-    spec = torch.fft.rfft2(x.float(), s=(fh, fw)) * torch.fft.rfft2(kern)
-    return torch.fft.irfft2(spec, s=(fh, fw))[..., :h, :w]
-
-
-@functools.lru_cache(maxsize=256)
-def _fft_size(n: int) -> int:
-    """The smallest 2^a 3^b 5^c >= n: FFTs of such sizes are several times faster than of
-    sizes with a large prime factor (244 = 4 x 61)."""
-    best = 1 << (n - 1).bit_length()
-    p2 = 1
-    while p2 < 2 * n:
-        p3 = p2
-        while p3 < 2 * n:
-            p5 = p3
-            while p5 < n:
-                p5 *= 5
-            best = min(best, p5)
-            p3 *= 3
-        p2 *= 2
-    return best
 
 
 def motion_blur_at(x: torch.Tensor, radius: int, sigma: float, angle: float) -> torch.Tensor:
@@ -657,87 +437,6 @@ def saturate(x, severity, g):
     return torch.where(s > 0, coloured, red)
 
 
-# --- 8-bit digital corruptions: PIL's arithmetic, bit for bit ------------------------------
-# The reference runs pixelate and JPEG on uint8 images through PIL and libjpeg. Both are
-# reproduced exactly: the input is rounded to 8 bits and the output is 8-bit levels / 255.
-def to_levels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Round [0, 1] images to integer levels 0..255 of ``dtype`` in x's own layout. Via int16:
-    float -> uint8 is an unvectorised conversion in torch, float -> int16 -> uint8 is not."""
-    return x.mul(255).round_().clamp_(0, 255).to(torch.int16).to(dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def box_windows(n_in: int, n_out: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """First input index and pixel count of each output's window in PIL's BOX downscaling
-    (``precompute_coeffs`` in Resample.c): output j's filter centre is (j + 0.5) * scale and
-    input i is in its window when -0.5 < (i - centre + 0.5) / scale <= 0.5, computed in
-    double in PIL's order. Windows can skip an input whose centre lies on a box edge."""
-    scale = n_in / n_out
-    ss, support = 1.0 / scale, 0.5 * scale
-    first, count = [], []
-    for j in range(n_out):
-        centre = (j + 0.5) * scale
-        lo = max(int(centre - support + 0.5), 0)
-        hi = min(int(centre + support + 0.5), n_in)
-        inside = [i for i in range(lo, hi) if -0.5 < (i - centre + 0.5) * ss <= 0.5]
-        first.append(inside[0])
-        count.append(len(inside))
-    return tuple(first), tuple(count)
-
-
-@functools.lru_cache(maxsize=64)
-def _box_plan(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(owner, kk): the output window of each input (n_out for none), and PIL's fixed-point
-    weights round(2^22 / count) per output."""
-    first, count = box_windows(n_in, n_out)
-    owner = torch.full((n_in,), n_out, dtype=torch.long)
-    for j, (lo, n) in enumerate(zip(first, count)):
-        owner[lo:lo + n] = j
-    kk = (torch.tensor(count, dtype=torch.float64).reciprocal() * (1 << 22) + 0.5).floor().int()
-    return owner, kk
-
-
-def box_downscale(levels: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
-    """One pass of PIL's 8-bit BOX resize along ``dim`` of int16 ``levels`` (0..255):
-    window sums, then PIL's rounding (sum * kk + 2^21) >> 22, back to int16."""
-    owner, kk = _box_plan(levels.shape[dim], n_out)
-    shape = list(levels.shape)
-    shape[dim] = n_out + 1  # a spare slot for inputs in no window
-    sums = torch.zeros(shape, dtype=torch.int16, device=levels.device)
-    sums = sums.index_add_(dim, owner.to(levels.device), levels).narrow(dim, 0, n_out)
-    kk = kk.to(levels.device).view([-1] + [1] * (levels.ndim - dim - 1))
-    return sums.to(torch.int32).mul_(kk).add_(1 << 21).bitwise_right_shift_(22).to(torch.int16)
-
-
-@functools.lru_cache(maxsize=64)
-def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
-    """Source index of each output in PIL's NEAREST resize (``ImagingScaleAffine``): the
-    position starts at scale / 2 and adds scale per output, in double, truncated."""
-    scale, pos, out = n_in / n_out, n_in / n_out * 0.5, []
-    for _ in range(n_out):
-        out.append(min(int(pos), n_in - 1))
-        pos += scale
-    return torch.tensor(out)
-
-
-@functools.lru_cache(maxsize=64)
-def _torch_nearest_is_pils(n_in: int, n_out: int) -> bool:
-    """Whether torch's nearest-exact upsampling picks PIL's source pixels for this size
-    (it computes the index in float32; at some sizes a tie rounds the other way)."""
-    probe = torch.arange(n_in, dtype=torch.float64).view(1, 1, n_in, 1)
-    picked = F.interpolate(probe, size=(n_out, 1), mode="nearest-exact").view(-1).long()
-    return torch.equal(picked, nearest_index(n_in, n_out))
-
-
-def nearest_upscale(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """PIL's NEAREST resize of (N, C, p, q) to (N, C, h, w)."""
-    p, q = x.shape[-2:]
-    if _torch_nearest_is_pils(p, h) and _torch_nearest_is_pils(q, w):
-        return F.interpolate(x, size=(h, w), mode="nearest-exact")
-    cols = x.index_select(3, nearest_index(q, w).to(x.device))
-    return cols.index_select(2, nearest_index(p, h).to(x.device))
-
-
 @register("pixelate", "digital", eight_bit=True)
 def pixelate(x, severity, g):
     """PIL BOX down to c * size, 8-bit, then NEAREST back up: the reference's two resizes,
@@ -764,7 +463,7 @@ def jpeg_compression(x, severity, g):
     # HWC 8-bit images, the layout libjpeg reads; a (C, H, W) view of each goes in as is
     hwc = to_levels(x.permute(0, 2, 3, 1), torch.uint8).cpu().contiguous()
     # one image at a time inside libjpeg, but without the GIL: the images go to threads
-    decoded = _parallel_map(lambda ims: decode_jpeg(encode_jpeg([im.permute(2, 0, 1) for im in ims], quality=quality)),
+    decoded = parallel_map(lambda ims: decode_jpeg(encode_jpeg([im.permute(2, 0, 1) for im in ims], quality=quality)),
                             list(hwc))
     out = torch.stack([im.permute(1, 2, 0) for im in decoded]).float().div_(255).permute(0, 3, 1, 2)
     if not x.permute(0, 2, 3, 1).is_contiguous():

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustfeat.errors import RobustfeatError, UnknownNameError
+from robustfeat.errors import UnknownNameError
 from robustfeat.locks import locked
 from robustfeat.registry import BANKS, CORRUPTIONS, EVALUATIONS
 from robustfeat.results import ResultsStore, safe_name

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustfeat.shifts.corruptions import gaussian_filter, randn, register
+from robustfeat.shifts.corruptions import register
+from robustfeat.shifts.draws import randn
+from robustfeat.shifts.filters import gaussian_filter
 
 SPATTER = [(0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
            (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1)]
