@@ -68,11 +68,19 @@ def _backend_rows() -> list[tuple[str, ...]]:
     return [(n, b.summary) for n, b in BACKENDS.items()]
 
 
-@listing("evaluations", ("evaluation", "families", "what it measures"))
+@listing("evaluations", ("evaluation", "families", "headlines", "what it measures"))
 def _evaluation_rows() -> list[tuple[str, ...]]:
-    from robustfeat.registry import EVALUATIONS
+    from robustfeat.shifts.evaluation import evaluations_in_order
 
-    return [(n, ", ".join(sorted(e.families)), e.summary) for n, e in EVALUATIONS.items()]
+    return [(e.name, ", ".join(sorted(e.families)), ", ".join(h.key for h in e.headlines) or "-", e.summary)
+            for e in evaluations_in_order()]
+
+
+@listing("options", ("option", "evaluation", "grid key", "what it sets"))
+def _option_rows() -> list[tuple[str, ...]]:
+    from robustfeat.shifts.evaluation import all_options
+
+    return [(o.flag, ev, name, o.help) for name, (ev, o) in sorted(all_options().items())]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -146,38 +154,30 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-HEADLINE = [("clean", "test", "accuracy", "clean acc"), ("ood", "mean-ood", "accuracy", "mean OOD acc"),
-            ("domains", "worst", "accuracy", "worst domain"), ("corruptions", "all", "mean_error", "corr. mean err"),
-            ("corruptions", "all", "mce", "mCE"), ("linear-probe", None, "forgetting", "probe forgetting"),
-            ("embedding-geometry", None, "geometry_spearman", "geometry rho"),
-            ("imagenet-agreement", None, "top1_agreement", "ImageNet agree"),
-            ("imagenet-accuracy", None, "accuracy", "ImageNet acc"),
-            ("perplexity", None, "forgetting", "ppl increase"), ("cka", "all", "cka", "mean CKA"),
-            ("weights", "all", "intruders", "intruders")]
+def headline_rows(table, id_columns: Sequence[str]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Headers and rows of a headline table for the terminal: the id columns, then every
+    headline metric present (as the evaluations declare them), ``-`` where a value is missing."""
+    from robustfeat.report.summary import format_value, headlines
+
+    keys = [(h.key, h.label) for h in headlines() if h.key in table and table[h.key].notna().any()]
+    headers = [*id_columns, *(label for _, label in keys)]
+    rows = [tuple(format_value(r[c]) for c in id_columns) + tuple(format_value(r[k]) for k, _ in keys)
+            for _, r in table.iterrows()]
+    return headers, rows
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from robustfeat.report.summary import per_checkpoint
+    from robustfeat.shifts.evaluation import all_options
     from robustfeat.shifts.runner import evaluate
 
+    options = {name: getattr(args, name) for name in all_options()}
     frame = evaluate(args.checkpoints, args.out, bank=args.bank,
                      shifts=[s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None,
                      quick=args.quick, reference=args.reference, device=args.device, seed=args.seed,
-                     batch_size=args.batch_size, pairs=args.pairs, domain_column=args.domain_column,
-                     imagenet=args.imagenet, progress=not args.no_progress)
-    headers, rows = ["checkpoint", "method"], []
-    present = []
-    for ev, shift, metric, label in HEADLINE:
-        sel = (frame.evaluation == ev) & (frame.metric == metric) & ((frame["shift"] == shift) if shift else True)
-        if sel.any():
-            present.append((sel, label))
-    headers += [label for _, label in present]
-    for ckpt, method in frame[["checkpoint", "method"]].drop_duplicates().itertuples(index=False):
-        row = [ckpt, method]
-        for sel, _ in present:
-            vals = frame[sel & (frame.checkpoint == ckpt)]["value"]
-            row.append(f"{vals.iloc[0]:.4g}" if len(vals) else "-")
-        rows.append(tuple(row))
-    print(format_table(headers, rows))
+                     batch_size=args.batch_size, progress=not args.no_progress, **options)
+    table = per_checkpoint(frame.assign(results_dir=str(args.out)))
+    print(format_table(*headline_rows(table, ("checkpoint", "method"))))
     print(f"{len(frame)} result rows in {args.out}/results.csv (provenance in {args.out}/results.json)")
     return 0
 
@@ -198,10 +198,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                                                 for s in QUICKSTART))
     info = run_study(args.out, pdf=not args.no_pdf, progress=not args.no_progress)
     table = headline_table(load_results(info["results"]).frame)
-    cols = [c for c in ("model", "method", "id_acc", "ood_acc", "mce", "mean_error", "probe_forgetting", "geometry",
-                        "imagenet_agreement", "cka", "intruders") if c in table]
-    print(format_table(cols, [tuple(r[c] if isinstance(r[c], str) else f"{r[c]:.4g}" for c in cols)
-                              for _, r in table.iterrows()]))
+    print(format_table(*headline_rows(table, ("model", "method"))))
     print(f"done in {info['wall_s'] / 60:.1f} min (peak memory {info['peak_rss_mb']:.0f} MB)")
     print(f"report: {info['report_html']}" + (f" and {info['report_pdf']}" if info["report_pdf"] else ""))
     print(f"results: {', '.join(map(str, info['results']))}")
@@ -218,10 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                  progress=not args.no_progress)
     labels = {r["results"]: r["label"] for r in info["records"]}
     table = headline_table(load_results(list(labels), labels).frame)
-    cols = [c for c in ("model", "data", "method", "seeds", "id_acc", "ood_acc", "mean_error", "probe_forgetting",
-                        "geometry", "cka", "intruders") if c in table]
-    print(format_table(cols, [tuple(r[c] if isinstance(r[c], str) else f"{r[c]:.4g}" for c in cols)
-                              for _, r in table.iterrows()]))
+    print(format_table(*headline_rows(table, ("model", "data", "method", "seeds"))))
     print(f"{info['ran']} cells run, {info['skipped']} already finished, in {info['wall_s']:.0f} s")
     if info["report"]:
         print(f"report: {info['report']}")
@@ -235,7 +229,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"robustfeat: error: {message} (see: {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_evaluation_options: bool = False) -> argparse.ArgumentParser:
+    """The parser. ``evaluate``'s per-evaluation flags come from the registered evaluations,
+    which import torch; they are added only when asked (``main`` does so for ``evaluate``),
+    so that ``robustfeat --help`` stays instant."""
     from robustfeat import __version__
 
     p = Parser(
@@ -296,10 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="the smoke-size bank (fewer corruptions and examples)")
     ev.add_argument("--reference", help="checkpoint used as the CE/mCE reference (default: a 'linear' checkpoint "
                                         "of the same model and data among those evaluated)")
-    ev.add_argument("--pairs", help="YAML file adding out-of-distribution sets (format: robustfeat/shifts/ood_pairs.yaml)")
-    ev.add_argument("--domain-column", help="column whose values split the test set into domains")
-    ev.add_argument("--imagenet", metavar="DIR", help="ImageNet-layout folder (class folders n01440764/... or 0/...): "
-                                                      "accuracy of the kept ImageNet head, base vs fine-tuned")
+    if with_evaluation_options:  # generated from the evaluations' declarations (robustfeat ls options)
+        from robustfeat.shifts.evaluation import all_options
+
+        for name, (evaluation, o) in all_options().items():
+            ev.add_argument(o.flag, dest=name, type=o.type, metavar=o.metavar,
+                            help=f"{o.help} [{evaluation}]")
     ev.add_argument("--seed", type=int, default=0, help="seed for subsets, corruptions and bootstrap CIs (default 0)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
@@ -330,8 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(with_evaluation_options=_command(argv) == "evaluate")
     args = parser.parse_args(argv)
     from robustfeat.errors import RobustfeatError
 

@@ -26,15 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from robustfeat.errors import RobustfeatError
 from robustfeat.locks import locked
 
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "robustfeat.results"
 FORMAT_VERSION = 1
-COLUMNS = ["checkpoint", "method", "model", "data", "seed", "evaluation", "shift", "severity", "metric",
+COLUMNS = ["checkpoint", "method", "model", "data", "seed", "evaluation", "shift", "severity", "kind", "metric",
            "value", "ci_low", "ci_high", "n", "reference", "note"]
 
 
@@ -193,78 +191,29 @@ class ResultsStore:
 def _row(run_id: str, info: dict, r: dict, reference: str) -> dict:
     return {"checkpoint": run_id, "method": info.get("method", ""), "model": info.get("model", ""),
             "data": info.get("data", ""), "seed": info.get("seed", 0), "evaluation": r["evaluation"],
-            "shift": r["shift"], "severity": int(r.get("severity", 0)), "metric": r["metric"],
+            "shift": r["shift"], "severity": int(r.get("severity", 0)), "kind": r.get("kind", ""), "metric": r["metric"],
             "value": r["value"], "ci_low": r.get("ci_low", math.nan), "ci_high": r.get("ci_high", math.nan),
             "n": int(r.get("n", 0)), "reference": reference, "note": r.get("note", "")}
 
 
-def _summary(evaluation: str, shift: str, metric: str, value: float, n: int, note: str = "", reference: str = "") -> dict:
-    return {"evaluation": evaluation, "shift": shift, "severity": 0, "metric": metric, "value": float(value),
-            "ci_low": math.nan, "ci_high": math.nan, "n": int(n), "note": note, "reference": reference}
-
-
-def _errors(rows: list[dict]) -> tuple[dict[str, dict[int, float]], float | None]:
-    """Corrupted errors by corruption and severity, and the clean error of the same images
-    (the bank's ``uncorrupted`` cell; the clean test split's error only if that is absent)."""
-    errs: dict[str, dict[int, float]] = defaultdict(dict)
-    clean = same_images = None
-    for r in rows:
-        if r["metric"] != "error":
-            continue
-        if r["evaluation"] == "corruptions" and r["shift"] == "uncorrupted":
-            same_images = r["value"]
-        elif r["evaluation"] == "corruptions":
-            errs[r["shift"]][int(r["severity"])] = r["value"]
-        elif r["evaluation"] == "clean":
-            clean = r["value"]
-    return dict(errs), same_images if same_images is not None else clean
-
-
 def summary_rows(rows: list[dict], ref_rows: list[dict] | None, ref_id: str) -> list[dict]:
-    """Derived rows: mean corruption error, CE/mCE/relative mCE against the reference
-    checkpoint (the frozen base with a trained head, unless another is named), worst
-    domain, mean OOD accuracy, mean CKA and intruder totals."""
-    from robustfeat.metrics.corruption import COMMON, corruption_errors, mean_corruption_error
-    from robustfeat.metrics.robustness import worst_domain
+    """Derived rows of one checkpoint: each registered evaluation summarizes its own rows
+    (and its reference checkpoint's rows of the same evaluation)."""
+    from robustfeat.shifts.evaluation import evaluations_in_order
 
-    out: list[dict] = []
-    errs, clean = _errors(rows)
-    if errs:
-        names = tuple(c for c in COMMON if c in errs) or tuple(sorted(errs))
-        which = "the 15 ImageNet-C corruptions" if len(names) == 15 else f"{len(names)} corruptions: {', '.join(names)}"
-        out.append(_summary("corruptions", "all", "mean_error", mean_corruption_error(errs, names),
-                            sum(len(errs[c]) for c in names), f"plain mean error over {which} (no reference)"))
-        ref_errs, ref_clean = _errors(ref_rows) if ref_rows else ({}, None)
-        shared = tuple(c for c in names if c in ref_errs and set(ref_errs[c]) == set(errs[c]))
-        if shared and clean is not None and ref_clean is not None:
-            s = corruption_errors({c: errs[c] for c in shared}, clean, reference={c: ref_errs[c] for c in shared},
-                                  reference_clean_error=ref_clean, reference_name=ref_id, corruptions=shared)
-            note = f"reference {ref_id}; over {len(shared)} corruptions"
-            out.append(_summary("corruptions", "all", "mce", s.mce, len(shared), note, ref_id))
-            if s.relative_mce is not None:
-                out.append(_summary("corruptions", "all", "relative_mce", s.relative_mce, len(shared), note, ref_id))
-            for c, v in s.ce.items():
-                out.append(_summary("corruptions", c, "ce", v, len(errs[c]), note, ref_id))
-    dom = {r["shift"]: r["value"] for r in rows if r["evaluation"] == "domains" and r["metric"] == "accuracy"}
-    if dom:
-        name, acc = worst_domain(dom)
-        out.append(_summary("domains", "worst", "accuracy", acc, len(dom), f"worst domain: {name}"))
-    ood = [r["value"] for r in rows if r["evaluation"] == "ood" and r["metric"] == "accuracy"
-           and r.get("note", "").startswith("out-of-domain")]
-    if ood:
-        out.append(_summary("ood", "mean-ood", "accuracy", float(np.mean(ood)), len(ood),
-                            "mean over the out-of-domain sets (near-domain sets excluded)"))
-    cka = [r["value"] for r in rows if r["evaluation"] == "cka" and r["metric"] == "cka" and not math.isnan(r["value"])]
-    if cka:
-        out.append(_summary("cka", "all", "cka", float(np.mean(cka)), len(cka), "mean over adapted layers"))
-    w = defaultdict(list)
+    by_evaluation: dict[str, list[dict]] = defaultdict(list)
+    ref_by_evaluation: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["evaluation"] == "weights":
-            w[r["metric"]].append(r["value"])
-    for metric in sorted(w):
-        vals = [v for v in w[metric] if not math.isnan(v)]
-        if metric.startswith("intruders"):
-            out.append(_summary("weights", "all", metric, float(np.sum(vals)), len(w[metric]), "total over adapted layers"))
-        elif vals:
-            out.append(_summary("weights", "all", metric, float(np.mean(vals)), len(vals), "mean over adapted layers"))
+        by_evaluation[r["evaluation"]].append(r)
+    for r in ref_rows or []:
+        ref_by_evaluation[r["evaluation"]].append(r)
+    out: list[dict] = []
+    for cls in evaluations_in_order():
+        own = by_evaluation.get(cls.name)
+        if not own:
+            continue
+        for r in cls.summarize(own, ref_by_evaluation.get(cls.name) if ref_rows else None, ref_id):
+            if r.get("evaluation") != cls.name:
+                raise ResultsError(f"evaluation '{cls.name}' summarized a row of '{r.get('evaluation')}'")
+            out.append(r)
     return out

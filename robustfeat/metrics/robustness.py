@@ -39,6 +39,28 @@ def fit_robustness_line(id_acc: Sequence[float], ood_acc: Sequence[float]) -> tu
     return float(slope), float(intercept)
 
 
+#: the smallest spread of ID accuracy (in accuracy units) over reference points for a fitted line
+MIN_ID_RANGE = 0.05
+
+
+def reference_line(points: Sequence[tuple[float, float]], min_id_range: float = MIN_ID_RANGE
+                   ) -> tuple[float, float, str]:
+    """The effective-robustness line over reference points, each a distinct reference model
+    (its (ID, OOD) accuracy averaged over seeds; seeds of one model are one point): fitted in
+    logit space when there are at least two points spanning ``min_id_range`` of ID accuracy,
+    otherwise slope 1 in logit space through their mean. Returns (slope, intercept, how)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        raise RobustfeatError("the robustness line needs at least one reference point")
+    if len(pts) >= 2 and np.ptp(pts[:, 0]) >= min_id_range:
+        slope, intercept = fit_robustness_line(pts[:, 0], pts[:, 1])
+        return slope, intercept, f"fitted in logit space on {len(pts)} reference models"
+    mx, my = _logit(pts[:, 0].mean()), _logit(pts[:, 1].mean())
+    why = ("one reference model" if len(pts) == 1 else
+           f"{len(pts)} reference models spanning less than {min_id_range:g} ID accuracy")
+    return 1.0, float(my - mx), f"slope 1 in logit space through the mean base point ({why}; no fit)"
+
+
 def effective_robustness(id_acc: float, ood_acc: float, line: tuple[float, float]) -> float:
     """OOD accuracy above the line's prediction at this ID accuracy (in accuracy units)."""
     slope, intercept = line

@@ -6,9 +6,9 @@
     build_report(["results/rt-seed0"], "report.html")
 """
 
-from robustfeat.report.summary import HEADLINES, Results, headline_table, load_results, per_checkpoint
+from robustfeat.report.summary import Results, headline_table, headlines, load_results, per_checkpoint, per_seed
 
-__all__ = ["HEADLINES", "Results", "build_report", "headline_table", "load_results", "per_checkpoint"]
+__all__ = ["Results", "build_report", "headline_table", "headlines", "load_results", "per_checkpoint", "per_seed"]
 
 
 def build_report(*args, **kwargs):

@@ -9,19 +9,18 @@ needs; :func:`available` says which can be drawn for a frame.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from robustfeat.errors import RobustfeatError
-from robustfeat.metrics.robustness import fit_robustness_line
+from robustfeat.metrics.intervals import t_half_width
+from robustfeat.report.effective import is_reference, line_curve, lines, ood_points
 from robustfeat.report.summary import GROUP, per_checkpoint
-
-REFERENCE_METHODS = ("linear",)  # the frozen base with a trained head: "the base" in plots
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 
 
@@ -48,12 +47,8 @@ def _seed_note(frame: pd.DataFrame) -> str:
 
 def _interval(vals: np.ndarray) -> float:
     """Half-width of the 95% t-interval of the mean over seeds (0 for one seed)."""
-    from scipy import stats
-
     vals = vals[~np.isnan(vals)]
-    if len(vals) < 2:
-        return 0.0
-    return float(stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals)))
+    return 0.0 if len(vals) < 2 else t_half_width(vals)
 
 
 def _footnote(fig: Figure, text: str) -> None:
@@ -69,52 +64,53 @@ def _need(frame: pd.DataFrame, evaluation: str, what: str) -> pd.DataFrame:
 
 
 def id_vs_ood(frame: pd.DataFrame) -> Figure:
-    """ID accuracy vs mean OOD accuracy: one small point per checkpoint (seed), a large
-    marker with 95% error bars per method, the base (``linear``) as a star, and the
-    effective-robustness line (logit-linear) fitted on the base points."""
+    """ID accuracy vs mean OOD accuracy, one panel per model and dataset: one small point
+    per checkpoint (seed), a large marker with 95% error bars per method, the base
+    (``linear``) as a star, and the effective-robustness line: fitted in logit space on
+    distinct reference models where there are several spanning enough ID accuracy, else
+    slope 1 through the mean base point (the legend says which)."""
     _need(frame, "ood", "ID vs OOD")
     pc = per_checkpoint(frame)
     pc = pc.dropna(subset=["id_acc", "ood_acc"]) if {"id_acc", "ood_acc"} <= set(pc) else pc.iloc[:0]
     if pc.empty:
         raise RobustfeatError("the ID vs OOD plot needs clean and mean-OOD accuracy rows for the same checkpoints")
-    groups, many = _groups(pc)
-    fig = Figure(figsize=(6.4, 4.8))
-    ax = fig.add_subplot()
-    for g in groups:
-        part = pc[(pc.model == g[0]) & (pc.data == g[1]) & (pc.method == g[2])]
-        x, y = part.id_acc.to_numpy(float), part.ood_acc.to_numpy(float)
-        base = g[2] in REFERENCE_METHODS
-        c = _color(groups, g)
-        ax.scatter(x, y, s=14, color=c, alpha=0.45)
-        if len(part) > 1:
-            xe, ye = _interval(x), _interval(y)
-        else:  # one seed: the bootstrap CIs of the two cells
-            xe = np.array([[x[0] - part.id_acc_lo.iloc[0]], [part.id_acc_hi.iloc[0] - x[0]]])
-            ye = np.array([[y[0] - part.ood_acc_lo.iloc[0]], [part.ood_acc_hi.iloc[0] - y[0]]]) \
-                if "ood_acc_lo" in part and not np.isnan(part.ood_acc_lo.iloc[0]) else None
-        ax.errorbar(x.mean(), y.mean(), xerr=xe, yerr=ye, fmt="*" if base else "o", ms=14 if base else 8,
-                    color=c, mec="black", capsize=3, label=_label(*g, many) + (" (base)" if base else ""))
-    ref = pc[pc.method.isin(REFERENCE_METHODS)]
-    if len(ref):
-        xs = np.linspace(max(0.01, pc.id_acc.min() - 0.05), min(0.99, pc.id_acc.max() + 0.05), 100)
-        if ref.id_acc.nunique() >= 2:
-            slope, intercept = fit_robustness_line(ref.id_acc, ref.ood_acc)
-            how = f"fitted on {len(ref)} base points"
-        else:  # one point: slope 1 in logit space through it
-            lx, ly = (np.log(v / (1 - v)) for v in (ref.id_acc.iloc[0], ref.ood_acc.iloc[0]))
-            slope, intercept = 1.0, ly - lx
-            how = "slope 1 in logit space through the one base point"
-        line = 1 / (1 + np.exp(-(slope * np.log(xs / (1 - xs)) + intercept)))
-        ax.plot(xs, line, "--", color="#555555", lw=1, label=f"effective-robustness line ({how})")
-    ax.set_xlabel("in-distribution accuracy (fraction correct, test split)")
-    ax.set_ylabel("mean out-of-distribution accuracy (fraction)")
-    ax.set_title("In-distribution vs out-of-distribution accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="best")
-    fig.subplots_adjust(bottom=0.2)
+    refs = lines(ood_points(frame))
+    pairs = _pairs(pc)
+    fig = Figure(figsize=(6.4 * len(pairs), 5.0))
+    for col, (model, data) in enumerate(pairs):
+        ax = fig.add_subplot(1, len(pairs), col + 1)
+        sub = pc[(pc.model == model) & (pc.data == data)]
+        groups = sorted({tuple(g) for g in sub[GROUP].drop_duplicates().itertuples(index=False)})
+        for g in groups:
+            part = sub[sub.method == g[2]]
+            x, y = part.id_acc.to_numpy(float), part.ood_acc.to_numpy(float)
+            base = is_reference(g[2])
+            c = _color(groups, g)
+            ax.scatter(x, y, s=14, color=c, alpha=0.45)
+            if part.seed.nunique() > 1:
+                xs_, ys_ = part.groupby("seed").id_acc.mean().to_numpy(float), part.groupby("seed").ood_acc.mean()
+                xe, ye = _interval(xs_), _interval(ys_.to_numpy(float))
+            else:  # one seed: the bootstrap CIs of the two cells
+                xe = np.array([[x[0] - part.id_acc_lo.iloc[0]], [part.id_acc_hi.iloc[0] - x[0]]])
+                ye = np.array([[y[0] - part.ood_acc_lo.iloc[0]], [part.ood_acc_hi.iloc[0] - y[0]]]) \
+                    if "ood_acc_lo" in part and not np.isnan(part.ood_acc_lo.iloc[0]) else None
+            ax.errorbar(x.mean(), y.mean(), xerr=xe, yerr=ye, fmt="*" if base else "o", ms=14 if base else 8,
+                        color=c, mec="black", capsize=3, label=g[2] + (" (base)" if base else ""))
+        line = refs.get((model, data, "mean-ood"))
+        if line is not None:
+            xs = np.linspace(max(0.01, sub.id_acc.min() - 0.05), min(0.99, sub.id_acc.max() + 0.05), 100)
+            ax.plot(xs, line_curve(line, xs), "--", color="#555555", lw=1,
+                    label=f"effective-robustness line:\n{line[2]}")
+        ax.set_xlabel("in-distribution accuracy (fraction correct, test split)")
+        ax.set_ylabel("mean out-of-distribution accuracy (fraction)")
+        ax.set_title(f"{model} on {data}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("In-distribution vs out-of-distribution accuracy")
+    fig.subplots_adjust(bottom=0.2, wspace=0.3)
     _footnote(fig, f"{_seed_note(pc)}. Small dots: single seeds; large markers: mean. Error bars: 95% "
                    "t-interval over seeds, or the cells' 95% bootstrap CI for a single seed. Above the line: "
-                   "more OOD accuracy than the base's trend predicts (effective robustness).")
+                   "more OOD accuracy than the reference models' trend predicts (effective robustness).")
     return fig
 
 
@@ -230,7 +226,7 @@ def forgetting_tradeoff(frame: pd.DataFrame) -> Figure:
     for model, data in _pairs(pc):
         part = pc[(pc.model == model) & (pc.data == data)]
         measure = next(((k, lab) for k, lab in FORGETTING if k in part and part[k].notna().any()), None)
-        base = part[part.method.isin(REFERENCE_METHODS)].set_index("seed").id_acc if "id_acc" in part else None
+        base = part[part.method.map(is_reference)].set_index("seed").id_acc if "id_acc" in part else None
         if measure is None or base is None or base.empty:
             continue
         key, label = measure
@@ -279,7 +275,7 @@ def drift_by_layer(frame: pd.DataFrame) -> Figure:
         raise RobustfeatError("the drift plot needs 'cka' or 'weights' rows (the drift evaluations)")
     pairs = _pairs(rows)
     methods = sorted(set(rows.method))
-    fig = Figure(figsize=(max(6.8, 5.0 * len(pairs)), 2.4 * len(panels) + 1.0))
+    fig = Figure(figsize=(max(7.2, 5.6 * len(pairs)), 2.4 * len(panels) + 1.4))
     for col, (model, data) in enumerate(pairs):
         sub = rows[(rows.model == model) & (rows.data == data)]
         layers = list(dict.fromkeys(sub["shift"]))
@@ -294,8 +290,7 @@ def drift_by_layer(frame: pd.DataFrame) -> Figure:
                 xs = [i for i, lay in enumerate(layers) if lay in mean.index]
                 ax.plot(xs, [mean[layers[i]] for i in xs], marker="o", ms=3,
                         color=COLORS[methods.index(m) % len(COLORS)], label=m)
-            if col == 0:
-                ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(alpha=0.3)
             ax.set_xticks(range(len(layers)), [""] * len(layers))
         step = max(1, len(layers) // 12)
@@ -304,7 +299,7 @@ def drift_by_layer(frame: pd.DataFrame) -> Figure:
         axes[0].set_title(f"{model} on {data} ({len(layers)} layers)", fontsize=10)
         axes[0].legend(fontsize=7.5, ncol=min(4, len(methods)))
     fig.suptitle("Drift by adapted layer")
-    fig.subplots_adjust(bottom=0.2, hspace=0.15, left=0.1, wspace=0.25)
+    fig.subplots_adjust(bottom=0.2, hspace=0.18, left=0.15 / len(pairs) + 0.03, right=0.98, wspace=0.4)
     _footnote(fig, f"{_seed_note(rows)}; lines are means over seeds. Layers in model order.")
     return fig
 
@@ -326,6 +321,7 @@ def domain_bars(frame: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(max(6.4, 0.9 * len(domains) * max(1, len(groups)) / 2), 4.4))
     ax = fig.add_subplot()
     width = 0.8 / len(groups)
+    handles = []
     for j, g in enumerate(groups):
         part = acc[(acc.model == g[0]) & (acc.data == g[1]) & (acc.method == g[2])]
         means, errs = [], [[], []]
@@ -342,8 +338,8 @@ def domain_bars(frame: pd.DataFrame) -> Figure:
                 errs[1].append(half)
         pos = np.arange(len(domains)) + (j - (len(groups) - 1) / 2) * width
         worst = int(np.nanargmin(means)) if not np.all(np.isnan(means)) else -1
-        bars = ax.bar(pos, means, width, yerr=np.nan_to_num(np.array(errs)), capsize=2, color=_color(groups, g),
-                      label=_label(*g, many))
+        bars = ax.bar(pos, means, width, yerr=np.nan_to_num(np.array(errs)), capsize=2, color=_color(groups, g))
+        handles.append(Patch(facecolor=_color(groups, g), label=_label(*g, many)))
         if worst >= 0:
             bars[worst].set_hatch("///")
             bars[worst].set_edgecolor("black")
@@ -351,7 +347,8 @@ def domain_bars(frame: pd.DataFrame) -> Figure:
     ax.set_ylabel("accuracy (fraction correct)")
     ax.set_ylim(0, 1)
     ax.set_title("Accuracy per domain (worst domain hatched)")
-    ax.legend(fontsize=8)
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="worst domain of a method"))
+    ax.legend(handles=handles, fontsize=8)
     fig.subplots_adjust(bottom=0.25)
     _footnote(fig, f"{_seed_note(acc)}. Error bars: the cell's 95% bootstrap CI (one seed) or a 95% "
                    "t-interval over seeds.")
@@ -363,24 +360,27 @@ class Plot:
     name: str
     title: str
     fn: Callable[[pd.DataFrame], Figure]
-    needs: tuple[str, ...]  # evaluations, any of which makes the plot possible
 
 
 PLOTS: tuple[Plot, ...] = (
-    Plot("id-vs-ood", "ID vs OOD accuracy", id_vs_ood, ("ood",)),
-    Plot("forgetting-tradeoff", "Forgetting vs ID gain", forgetting_tradeoff,
-         ("linear-probe", "imagenet-agreement", "perplexity", "embedding-geometry")),
-    Plot("corruption-severity", "Corruption error by severity", corruption_by_severity, ("corruptions",)),
-    Plot("corruption-heatmap", "Error per corruption", corruption_heatmap, ("corruptions",)),
-    Plot("mce", "mCE, relative mCE, mean error", mce_bars, ("corruptions",)),
-    Plot("drift", "Drift by layer", drift_by_layer, ("cka", "weights")),
-    Plot("domains", "Domains", domain_bars, ("domains",)),
+    Plot("id-vs-ood", "ID vs OOD accuracy", id_vs_ood),
+    Plot("forgetting-tradeoff", "Forgetting vs ID gain", forgetting_tradeoff),
+    Plot("corruption-severity", "Corruption error by severity", corruption_by_severity),
+    Plot("corruption-heatmap", "Error per corruption", corruption_heatmap),
+    Plot("mce", "mCE, relative mCE, mean error", mce_bars),
+    Plot("drift", "Drift by layer", drift_by_layer),
+    Plot("domains", "Domains", domain_bars),
 )
 
 
+def feeders(plot: str) -> list[str]:
+    """The evaluations that declare they feed ``plot`` (any of them makes it possible)."""
+    from robustfeat.shifts.evaluation import evaluations_in_order
+
+    return [cls.name for cls in evaluations_in_order() if plot in cls.plots]
+
+
 def available(frame: pd.DataFrame) -> list[Plot]:
-    """The plots whose evaluations are in ``frame``."""
+    """The plots fed by an evaluation present in ``frame``."""
     present = set(frame.evaluation)
-    return [p for p in PLOTS if present & set(p.needs)]
-
-
+    return [p for p in PLOTS if present & set(feeders(p.name))]

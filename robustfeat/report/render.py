@@ -15,12 +15,22 @@ from pathlib import Path
 import pandas as pd
 
 from robustfeat.errors import RobustfeatError
-from robustfeat.report.plots import available
-from robustfeat.report.summary import HEADLINES, Results, best_per_column, headline_table, load_results
+from robustfeat.report.conclusions import conclusions
+from robustfeat.report.plots import PLOTS, available, feeders
+from robustfeat.report.summary import (
+    Results,
+    best_per_column,
+    few_seeds,
+    format_value,
+    headline_table,
+    headlines,
+    load_results,
+)
+from robustfeat.shifts.evaluation import evaluations_in_order
 
 FORMATS = ("html", "pdf")
-CELL_HEADERS = ("checkpoint", "method", "seed", "shift", "severity", "metric", "value", "95% CI", "n", "reference",
-                "note")
+CELL_HEADERS = ("checkpoint", "method", "seed", "shift", "severity", "kind", "metric", "value", "95% CI", "n",
+                "reference", "note")
 
 # Sorting for the per-cell tables: our only script, allowed by its hash in the page's
 # Content-Security-Policy (so nothing else can run, even if a string slipped through).
@@ -50,11 +60,7 @@ SORT_SCRIPT = """
 
 
 def _fmt(v, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
+    return format_value(v, digits)
 
 
 def _ci(lo, hi) -> str:
@@ -65,22 +71,53 @@ def _ci(lo, hi) -> str:
 
 def summary_context(frame: pd.DataFrame) -> dict:
     table = headline_table(frame)
-    present = [h for h in HEADLINES if h.key in table and table[h.key].notna().any()]
+    present = [h for h in headlines() if h.key in table and table[h.key].notna().any()]
     best = best_per_column(table)
     headers = [{"label": "model", "title": "model"}, {"label": "data", "title": "data"},
                {"label": "method", "title": "method"}, {"label": "seeds", "title": "number of seeds"}]
     headers += [{"label": f"{h.label} {'↑' if h.higher_is_better else '↓'}",
                  "title": f"{h.description} ({'higher' if h.higher_is_better else 'lower'} is better)"}
                 for h in present]
-    rows = []
+    rows, clipped = [], False
     for i, r in table.iterrows():
         row = [{"value": r["model"], "cls": "name"}, {"value": r["data"], "cls": "name"},
                {"value": r["method"], "cls": "name"}, {"value": int(r["seeds"]), "cls": ""}]
         for h in present:
-            row.append({"value": _fmt(r[h.key]), "ci": _ci(r.get(f"{h.key}_lo"), r.get(f"{h.key}_hi")),
+            ci = _ci(r.get(f"{h.key}_lo"), r.get(f"{h.key}_hi"))
+            cut = bool(r.get(f"{h.key}_clipped")) and bool(ci)
+            clipped |= cut
+            row.append({"value": _fmt(r[h.key]), "ci": ci + ("*" if cut else ""),
                         "cls": "best" if i in best.get(h.key, set()) else ""})
         rows.append(row)
-    return {"headers": headers, "rows": rows}
+    return {"headers": headers, "rows": rows, "clipped": clipped, "few_seeds": few_seeds(table),
+            "max_seeds": int(table["seeds"].max()) if len(table) else 0}
+
+
+def conclusions_context(frame: pd.DataFrame) -> list[dict]:
+    out = []
+    for sec in conclusions(frame):
+        by_method: dict[str, list[str]] = {}
+        for c in sec.comparisons:
+            by_method.setdefault(c.method, []).append(c.sentence())
+        if sec.against is None:
+            lead = (f"No lora or linear row to compare against ({', '.join(sec.methods)} only); the table below "
+                    "gives each method's own numbers.")
+        elif len(sec.methods) == 1:
+            lead = f"Only {sec.against} was evaluated, so there is nothing to compare it with."
+        else:
+            lead = (f"Each method against {sec.against}: the mean paired difference over the seeds both have "
+                    "(method - " + sec.against + ") with its 95% t-interval. An interval that holds 0 is no "
+                    "evidence of a difference.")
+        out.append({"title": f"{sec.model} on {sec.data}", "lead": lead,
+                    "methods": [{"name": m, "sentences": v} for m, v in by_method.items()]})
+    return out
+
+
+def howto_context(frame: pd.DataFrame, reference_text: str) -> list[str]:
+    """The reading notes of the evaluations these results hold, and no others."""
+    present = set(frame.evaluation)
+    return [cls.explain.format(reference=reference_text) for cls in evaluations_in_order()
+            if cls.name in present and cls.explain]
 
 
 def _figure_png(fig) -> str:
@@ -91,7 +128,12 @@ def _figure_png(fig) -> str:
 
 def figures_context(frame: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str]]]:
     figures, skipped = [], []
-    for plot in available(frame):
+    drawable = {p.name for p in available(frame)}
+    for plot in PLOTS:
+        if plot.name not in drawable:
+            need = " or ".join(f"'{e}'" for e in feeders(plot.name)) or "an evaluation that feeds it"
+            skipped.append((plot.title, f"these results have no {need} rows"))
+            continue
         try:
             fig = plot.fn(frame)
         except RobustfeatError as e:  # the evaluation is there but not what this plot needs
@@ -105,12 +147,14 @@ def figures_context(frame: pd.DataFrame) -> tuple[list[dict], list[tuple[str, st
 
 def cells_context(frame: pd.DataFrame) -> list[dict]:
     out = []
-    for ev, part in frame.groupby("evaluation", sort=False):
+    order = {cls.name: i for i, cls in enumerate(evaluations_in_order())}
+    groups = sorted(frame.groupby("evaluation", sort=False), key=lambda g: (order.get(g[0], len(order)), g[0]))
+    for ev, part in groups:
         rows = []
         for r in part.itertuples(index=False):
             rows.append({"checkpoint": r.checkpoint, "method": r.method, "seed": r.seed, "shift": r.shift,
-                         "severity": r.severity or "", "metric": r.metric, "value": _fmt(r.value, 5),
-                         "95% CI": _ci(getattr(r, "ci_low", None), getattr(r, "ci_high", None)),
+                         "severity": r.severity or "", "kind": getattr(r, "kind", "") or "", "metric": r.metric,
+                         "value": _fmt(r.value, 5), "95% CI": _ci(getattr(r, "ci_low", None), getattr(r, "ci_high", None)),
                          "n": _fmt(getattr(r, "n", None)), "reference": getattr(r, "reference", "") or "",
                          "note": getattr(r, "note", "") or ""})
         out.append({"name": ev, "rows": rows})
@@ -150,13 +194,14 @@ def render_html(results: Results, title: str | None = None) -> str:
     groups = frame[["model", "data"]].drop_duplicates()
     default_title = "robustfeat report: " + ", ".join(f"{m} on {d}" for m, d in groups.itertuples(index=False))
     figures, skipped = figures_context(frame)
+    reference_text = ", ".join(refs) if refs else ("not available (no linear checkpoint or --reference was "
+                                                   "evaluated, so only the plain mean error is shown)")
     return env.get_template("report.html.j2").render(
         title=title or default_title, generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__, folders=provenance_context(results), n_checkpoints=len(results.checkpoints),
-        summary=summary_context(frame), figures=figures, skipped=skipped, cells=cells_context(frame),
-        cell_headers=CELL_HEADERS, reference_text=", ".join(refs) if refs else "not available (no linear checkpoint "
-        "or --reference was evaluated, so only the plain mean error is shown)",
-        script=SORT_SCRIPT, script_hash=script_hash)
+        summary=summary_context(frame), conclusions=conclusions_context(frame),
+        howto=howto_context(frame, reference_text), figures=figures, skipped=skipped, cells=cells_context(frame),
+        cell_headers=CELL_HEADERS, script=SORT_SCRIPT, script_hash=script_hash)
 
 
 def write_pdf(html: str, path: Path) -> None:

@@ -13,47 +13,16 @@ import numpy as np
 import pandas as pd
 
 from robustfeat.errors import RobustfeatError
+from robustfeat.metrics.intervals import FEW_SEEDS, clip, over_seeds
+from robustfeat.shifts.evaluation import Headline, all_headlines
 
 #: what identifies a compared method: a method fine-tuned on one model and dataset
 GROUP = ["model", "data", "method"]
 
 
-@dataclass(frozen=True)
-class Headline:
-    """One headline metric: where its rows are in the tidy table and how to read it."""
-
-    key: str
-    label: str
-    evaluation: str
-    shift: str | None  # None: any shift (one cell per checkpoint)
-    metric: str
-    higher_is_better: bool
-    description: str
-
-
-HEADLINES: tuple[Headline, ...] = (
-    Headline("id_acc", "ID acc", "clean", "test", "accuracy", True, "accuracy on the fine-tuning data's test split"),
-    Headline("ood_acc", "mean OOD acc", "ood", "mean-ood", "accuracy", True, "mean accuracy over the out-of-domain sets"),
-    Headline("worst_domain", "worst domain", "domains", "worst", "accuracy", True, "accuracy on the worst domain"),
-    Headline("mean_error", "corr. mean err", "corruptions", "all", "mean_error", False,
-             "plain mean error over the corruptions and severities run (no reference)"),
-    Headline("mce", "mCE", "corruptions", "all", "mce", False, "mean corruption error relative to the reference"),
-    Headline("relative_mce", "rel. mCE", "corruptions", "all", "relative_mce", False,
-             "mean of (corrupted - clean error), relative to the reference's"),
-    Headline("probe_forgetting", "probe forgetting", "linear-probe", None, "forgetting", False,
-             "linear-probe accuracy lost on a held-out task (base - fine-tuned)"),
-    Headline("geometry", "geometry rho", "embedding-geometry", None, "geometry_spearman", True,
-             "Spearman correlation of pairwise cosine similarities, base vs fine-tuned"),
-    Headline("imagenet_agreement", "ImageNet agree", "imagenet-agreement", None, "top1_agreement", True,
-             "top-1 agreement of the kept ImageNet head, base vs fine-tuned"),
-    Headline("imagenet_acc", "ImageNet acc", "imagenet-accuracy", None, "accuracy", True,
-             "accuracy of the kept ImageNet head on the --imagenet folder"),
-    Headline("ppl_increase", "ppl increase", "perplexity", None, "forgetting", False,
-             "perplexity increase on generic text"),
-    Headline("cka", "mean CKA", "cka", "all", "cka", True, "linear CKA to the base, mean over adapted layers"),
-    Headline("intruders", "intruders", "weights", "all", "intruders", False,
-             "intruder dimensions at eps 0.5, total over adapted layers"),
-)
+def headlines() -> tuple[Headline, ...]:
+    """The headline metrics, as the registered evaluations declare them, in table order."""
+    return all_headlines()
 
 
 @dataclass
@@ -91,7 +60,7 @@ def load_results(paths: list[str | os.PathLike] | str | os.PathLike,
         try:
             meta = json.loads(meta_path.read_text())
             frame = pd.read_csv(csv_path, dtype={"note": str, "reference": str, "checkpoint": str, "method": str,
-                                                 "model": str, "data": str, "shift": str})
+                                                 "model": str, "data": str, "shift": str, "kind": str})
         except (ValueError, OSError) as e:
             raise RobustfeatError(f"cannot read the results in '{p}': {e}") from None
         if meta.get("format") != "robustfeat.results":
@@ -107,7 +76,7 @@ def load_results(paths: list[str | os.PathLike] | str | os.PathLike,
         frames.append(frame)
         provenance[key] = meta
     frame = pd.concat(frames, ignore_index=True)
-    for col in ("note", "reference"):
+    for col in ("note", "reference", "kind"):
         if col in frame:
             frame[col] = frame[col].fillna("")
     return Results(frame, provenance)
@@ -122,67 +91,108 @@ def select(frame: pd.DataFrame, h: Headline) -> pd.DataFrame:
 
 def per_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per checkpoint (in each results folder): GROUP, seed and each headline
-    metric present, with ``<key>_lo`` / ``<key>_hi`` from the cell's CI where it has one."""
-    base = frame[["results_dir", "checkpoint", *GROUP, "seed"]].drop_duplicates()
-    out = base.set_index(["results_dir", "checkpoint"])
-    for h in HEADLINES:
+    metric present, with ``<key>_lo`` / ``<key>_hi`` from the CI of the same row."""
+    keys = ["results_dir", "checkpoint", *GROUP]
+    out = frame[[*keys, "seed"]].drop_duplicates(keys).set_index(keys)
+    for h in headlines():
         rows = select(frame, h)
         if rows.empty:
             continue
-        first = rows.groupby(["results_dir", "checkpoint"]).first()
+        first = rows.drop_duplicates(keys, keep="first").set_index(keys)
         out[h.key] = first["value"]
         if "ci_low" in first:
             out[f"{h.key}_lo"], out[f"{h.key}_hi"] = first["ci_low"], first["ci_high"]
     return out.reset_index()
 
 
-def _t95(n: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, n - 1))
+def per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, data, method, seed): each headline metric averaged over that
+    seed's checkpoints, so the same checkpoint evaluated into several results folders (or
+    several checkpoints of one seed) counts once. ``<key>_lo`` / ``<key>_hi`` is the cell's
+    CI where the seed has one value; ``folders`` counts the rows averaged."""
+    pc = per_checkpoint(frame)
+    keys = [h.key for h in headlines() if h.key in pc]
+    rows = []
+    for (model, data, method, seed), part in pc.groupby([*GROUP, "seed"], sort=True):
+        row = {"model": model, "data": data, "method": method, "seed": seed, "folders": len(part)}
+        for k in keys:
+            cols = [c for c in (k, f"{k}_lo", f"{k}_hi") if c in part]
+            vals = part[cols].dropna(subset=[k]).drop_duplicates()
+            row[k] = float(vals[k].mean()) if len(vals) else math.nan
+            one = len(vals) == 1
+            row[f"{k}_lo"] = float(vals[f"{k}_lo"].iloc[0]) if one and f"{k}_lo" in vals else math.nan
+            row[f"{k}_hi"] = float(vals[f"{k}_hi"].iloc[0]) if one and f"{k}_hi" in vals else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "data", "method", "seed", "folders",
+                                       *[f"{k}{x}" for k in keys for x in ("", "_lo", "_hi")]])
 
 
 def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, data, method): ``seeds`` and, per headline metric present, the
-    mean over seeds with a 95% interval: the cell's bootstrap CI for one seed, a
-    t-interval over seeds for more (``<key>_lo`` / ``<key>_hi``)."""
-    pc = per_checkpoint(frame)
-    keys = [h.key for h in HEADLINES if h.key in pc]
+    """One row per (model, data, method): ``seeds`` (distinct seeds) and, per headline
+    metric present, the mean over seeds with a 95% interval (``<key>_lo`` / ``<key>_hi``):
+    the cell's CI for one seed, a t-interval with (seeds - 1) degrees of freedom for more,
+    each kept within the metric's range (``<key>_clipped`` says where it was cut) and
+    ``<key>_n``, the number of seeds behind it (below 3: an interval from few seeds)."""
+    ps = per_seed(frame)
+    hs = [h for h in headlines() if h.key in ps]
     rows = []
-    for group, part in pc.groupby(GROUP, sort=True):
+    for group, part in ps.groupby(GROUP, sort=True):
         row = dict(zip(GROUP, group))
         row["seeds"] = int(part.seed.nunique())
-        for k in keys:
-            vals = part[k].dropna().to_numpy(dtype=float)
-            if len(vals) == 0:
-                row[k] = row[f"{k}_lo"] = row[f"{k}_hi"] = math.nan
-            elif len(vals) == 1:
-                row[k] = vals[0]
-                row[f"{k}_lo"] = float(part[f"{k}_lo"].iloc[0]) if f"{k}_lo" in part else math.nan
-                row[f"{k}_hi"] = float(part[f"{k}_hi"].iloc[0]) if f"{k}_hi" in part else math.nan
+        for h in hs:
+            k = h.key
+            vals = part.dropna(subset=[k])
+            if len(vals) == 1:
+                lo, hi = float(vals[f"{k}_lo"].iloc[0]), float(vals[f"{k}_hi"].iloc[0])
+                cut = False
+                if not (math.isnan(lo) or math.isnan(hi)):
+                    lo, hi, cut = clip(lo, hi, h.bounds)
+                iv = (float(vals[k].iloc[0]), lo, hi, 1, cut)
             else:
-                m, half = float(vals.mean()), _t95(len(vals)) * float(vals.std(ddof=1)) / math.sqrt(len(vals))
-                row[k], row[f"{k}_lo"], row[f"{k}_hi"] = m, m - half, m + half
+                i = over_seeds(vals[k].to_numpy(float), h.bounds)
+                iv = (i.mean, i.low, i.high, i.n, i.clipped)
+            row[k], row[f"{k}_lo"], row[f"{k}_hi"], row[f"{k}_n"], row[f"{k}_clipped"] = iv
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def best_per_column(table: pd.DataFrame) -> dict[str, set[int]]:
     """Row positions holding the best value of each headline column among the methods of
-    the same model and data (methods are compared, models and datasets are not; ties all
-    marked)."""
+    the same model and data (methods are compared, models and datasets are not), marked
+    only where the best one's interval does not overlap the runner-up's; with overlapping
+    or missing intervals, or a single method, nothing is marked."""
     best: dict[str, set[int]] = {}
-    positions = np.arange(len(table))
-    for h in HEADLINES:
+    for h in headlines():
         if h.key not in table:
             continue
         vals = table[h.key].to_numpy(dtype=float)
+        lo = table.get(f"{h.key}_lo", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
+        hi = table.get(f"{h.key}_hi", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
         for _, idx in table.groupby(["model", "data"], sort=False).indices.items():
-            part = vals[idx]
-            finite = part[np.isfinite(part)]
-            if len(finite) == 0:
+            idx = [i for i in idx if np.isfinite(vals[i])]
+            if len(idx) < 2:
                 continue
-            target = finite.max() if h.higher_is_better else finite.min()
-            best.setdefault(h.key, set()).update(
-                int(positions[i]) for i, v in zip(idx, part) if np.isfinite(v) and math.isclose(v, target, rel_tol=1e-9))
+            order = sorted(idx, key=lambda i: -vals[i] if h.higher_is_better else vals[i])
+            top, runner = order[0], order[1]
+            if h.higher_is_better:
+                separated = lo[top] > hi[runner]
+            else:
+                separated = hi[top] < lo[runner]
+            if separated:  # NaN bounds compare False: no interval, no mark
+                best.setdefault(h.key, set()).add(int(top))
     return best
+
+
+def format_value(v, digits: int = 4) -> str:
+    """How every table a person reads shows a number: ``-`` for a missing one."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}g}"
+    return str(v)
+
+
+def few_seeds(table: pd.DataFrame) -> bool:
+    """Whether any interval of the table comes from fewer than 3 seeds (and is a t-interval)."""
+    ns = [c for c in table if c.endswith("_n")]
+    return bool(len(table) and any(((table[c] >= 2) & (table[c] < FEW_SEEDS)).any() for c in ns))

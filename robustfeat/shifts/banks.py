@@ -57,12 +57,16 @@ OOD = Entry("ood", {"examples": 2000}, {"examples": 256})
 LINEAR_PROBE = Entry("linear-probe", {"train_examples": 2000, "test_examples": 1000},
                      {"train_examples": 300, "test_examples": 200})
 
+# Versions: image v4 and text v2 put an OOD row's kind in its own column and hold the linear
+# probe out (never the fine-tuning task, its OOD pairs or its label set; texts deduplicated
+# against the fine-tuning data).
+
 #: the corruption code the image bank's version stands for: when CORRUPTIONS_VERSION changes
 #: the corrupted images change, so the image bank's version must change with it (a test checks)
 IMAGE_BANK_CORRUPTIONS_VERSION = 4
 
 register_bank(Bank(
-    name="image", version=3, family="image-classifier",
+    name="image", version=4, family="image-classifier",
     summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement (and accuracy on "
             "--imagenet DIR), linear probe, drift",
     entries=(
@@ -79,7 +83,7 @@ register_bank(Bank(
 ))
 
 register_bank(Bank(
-    name="text", version=1, family="text-classifier",
+    name="text", version=2, family="text-classifier",
     summary="clean, domains, OOD sets (Amazon/NYT/tweets for Rotten Tomatoes), embedding geometry, linear probe, drift",
     entries=(
         CLEAN,
@@ -106,4 +110,8 @@ def bank_for_family(family: str) -> Bank:
     for _, bank in BANKS.items():
         if bank.family == family:
             return bank
-    raise KeyError(family)
+    from robustfeat.errors import RobustfeatError
+
+    have = ", ".join(sorted({b.family for _, b in BANKS.items()}))
+    raise RobustfeatError(f"no bank is registered for {family} models (banks exist for: {have}); register one in "
+                          "robustfeat/shifts/banks.py or pass --bank")

@@ -11,8 +11,20 @@ from typing import Any
 import numpy as np
 
 from robustfeat.errors import ConfigError
+from robustfeat.metrics.robustness import worst_domain
 from robustfeat.shifts.clean import classification_rows
-from robustfeat.shifts.evaluation import Cell, EvalContext, Evaluation, register_evaluation, require, subsample
+from robustfeat.shifts.evaluation import (
+    FRACTION,
+    Cell,
+    EvalContext,
+    Evaluation,
+    Headline,
+    Option,
+    register_evaluation,
+    require,
+    subsample,
+    summary_row,
+)
 
 CLASSIFIERS = frozenset({"text-classifier", "image-classifier"})
 SHIPPED_PAIRS = Path(__file__).with_name("ood_pairs.yaml")
@@ -25,6 +37,13 @@ class Domains(Evaluation):
     name = "domains"
     summary = "accuracy per value of the test split's domain column (or --domain-column); worst domain"
     families = CLASSIFIERS
+    order = 20
+    explain = "worst domain: the lowest accuracy over the values of the test split's domain column."
+    plots = ("domains",)
+    options = (Option("domain_column", "column whose values split the test set into domains (default: the "
+                      "data's own domain column)", metavar="COL", param="column"),)
+    headlines = (Headline("worst_domain", "worst domain", "accuracy", True, "accuracy on the worst domain",
+                          "robustness", shift="worst", bounds=FRACTION),)
 
     def column(self, ctx: EvalContext) -> str | None:
         return self.params.get("column") or ctx.data.domain_column
@@ -42,6 +61,14 @@ class Domains(Evaluation):
         test = ctx.data["test"]
         part = test.where(np.asarray(test[self.column(ctx)]).astype(str) == cell.shift)
         return classification_rows(ctx, subsample(part, self.params.get("examples"), ctx.options.seed), cell)
+
+    @classmethod
+    def summarize(cls, rows: list[dict], reference_rows: list[dict] | None, reference: str) -> list[dict]:
+        dom = {r["shift"]: r["value"] for r in rows if r["metric"] == "accuracy"}
+        if not dom:
+            return []
+        name, acc = worst_domain(dom)
+        return [summary_row(cls.name, "worst", "accuracy", acc, len(dom), f"worst domain: {name}")]
 
 
 @dataclass(frozen=True)
@@ -123,9 +150,17 @@ class OutOfDomain(Evaluation):
     name = "ood"
     summary = "declared out-of-domain and near-domain sets (ood_pairs.yaml, --pairs FILE); mean OOD accuracy"
     families = CLASSIFIERS
+    order = 10
+    explain = ("mean OOD acc: accuracy averaged over the declared out-of-domain sets (near-domain sets are "
+               "reported but not averaged in).")
+    plots = ("id-vs-ood",)
+    options = (Option("pairs", "YAML file adding out-of-distribution sets (format: robustfeat/shifts/ood_pairs.yaml)",
+                      metavar="FILE", check=read_pairs),)
+    headlines = (Headline("ood_acc", "mean OOD acc", "accuracy", True, "mean accuracy over the out-of-domain sets",
+                          "robustness", shift="mean-ood", bounds=FRACTION),)
 
     def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
-        return {s.name: s for s in pairs_for(ctx.record["data"]["name"], ctx.options.pairs)}
+        return {s.name: s for s in pairs_for(ctx.record["data"]["name"], self.params.get("pairs"))}
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         return [Cell(self.name, name) for name in self.sets(ctx)]
@@ -150,7 +185,7 @@ class OutOfDomain(Evaluation):
         for col, value in s.where:
             require(col in table, f"OOD set '{s.name}': '{s.data}' has no column '{col}'")
             table = table.where(np.asarray(table[col]).astype(str) == value)
-        notes = [s.kind.replace("_", "-")]
+        notes = []
         if s.dedup:
             require(own.input_column == "text", f"OOD set '{s.name}': dedup applies to text data only")
             full = load_dataset(ctx.record["config"]["data"], seed=ctx.options.seed, progress=False)
@@ -164,7 +199,15 @@ class OutOfDomain(Evaluation):
             ctx.memo.setdefault("dataset_notes", {})[s.data] = bundle.provenance["notes"]
         labels = remap[np.asarray(table["label"])]
         return classification_rows(ctx, Table({own.input_column: table[own.input_column], "label": labels}), cell,
-                                   note="; ".join(notes))
+                                   note="; ".join(notes), kind=s.kind.replace("_", "-"))
+
+    @classmethod
+    def summarize(cls, rows: list[dict], reference_rows: list[dict] | None, reference: str) -> list[dict]:
+        ood = [r["value"] for r in rows if r["metric"] == "accuracy" and r.get("kind") == "out-of-domain"]
+        if not ood:
+            return []
+        return [summary_row(cls.name, "mean-ood", "accuracy", float(np.mean(ood)), len(ood),
+                            "mean over the out-of-domain sets (near-domain sets excluded)")]
 
 
 def _label_map(s: ShiftSet, theirs: list[str] | None, ours: list[str] | None, own: str) -> np.ndarray:

@@ -23,13 +23,16 @@ from torch import nn
 from robustfeat.metrics.drift import INTRUDER_THRESHOLDS, effective_rank, intruder_dimensions, linear_cka, relative_change
 from robustfeat.models.handle import ModelHandle
 from robustfeat.shifts.evaluation import (
+    FRACTION,
     Cell,
     EvalContext,
     Evaluation,
+    Headline,
     batched,
     metric_row,
     register_evaluation,
     subsample,
+    summary_row,
 )
 
 DEFAULT_EPS = 0.5
@@ -77,6 +80,13 @@ def weight_matrix(model: nn.Module, path: str) -> np.ndarray:
 class WeightDrift(Evaluation):
     name = "weights"
     summary = "per adapted layer: intruder dimensions (k=10, eps swept), energy outside W0's top-2k span, ||dW||/||W0||, effective rank of dW"
+    order = 100
+    explain = ("intruders: new high-ranking singular directions of the fine-tuned weight that match none of the "
+               "base's (top 10, cosine below 0.5), totalled over adapted layers.")
+    plots = ("drift",)
+    headlines = (Headline("intruders", "intruders", "intruders", False,
+                          "intruder dimensions at eps 0.5, total over adapted layers", "drift", shift="all",
+                          bounds=(0.0, float("inf"))),)
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         return [Cell(self.name, p) for p in drift_layers(ctx)]
@@ -115,6 +125,23 @@ class WeightDrift(Evaluation):
         ]
         return rows
 
+    @classmethod
+    def summarize(cls, rows: list[dict], reference_rows: list[dict] | None, reference: str) -> list[dict]:
+        """Intruder counts totalled over the adapted layers; the other metrics averaged."""
+        by_metric: dict[str, list[float]] = {}
+        for r in rows:
+            by_metric.setdefault(r["metric"], []).append(r["value"])
+        out = []
+        for metric in sorted(by_metric):
+            vals = [v for v in by_metric[metric] if not np.isnan(v)]
+            if metric.startswith("intruders"):
+                out.append(summary_row(cls.name, "all", metric, float(np.sum(vals)), len(by_metric[metric]),
+                                       "total over adapted layers"))
+            elif vals:
+                out.append(summary_row(cls.name, "all", metric, float(np.mean(vals)), len(vals),
+                                       "mean over adapted layers"))
+        return out
+
 
 @torch.no_grad()
 def layer_outputs(handle: ModelHandle, table, layers: list[str], batch_size: int) -> dict[str, np.ndarray]:
@@ -152,6 +179,12 @@ def _pool(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class RepresentationDrift(Evaluation):
     name = "cka"
     summary = "linear CKA between base and fine-tuned outputs of each adapted layer on probe inputs"
+    order = 90
+    explain = ("mean CKA: linear CKA between the base's and the fine-tuned model's outputs of each adapted layer "
+               "(1 = the same representation), averaged over layers.")
+    plots = ("drift",)
+    headlines = (Headline("cka", "mean CKA", "cka", True, "linear CKA to the base, mean over adapted layers", "drift",
+                          shift="all", bounds=FRACTION),)
 
     def _probe(self, ctx: EvalContext):
         return subsample(ctx.data["test"], self.params.get("examples", 256), ctx.options.seed)
@@ -172,3 +205,10 @@ class RepresentationDrift(Evaluation):
                                lambda h: layer_outputs(h, table, layers, ctx.options.batch_size))[cell.shift]
         tuned = self._tuned(ctx)[cell.shift]
         return [metric_row("cka", linear_cka(base, tuned), len(table))]
+
+    @classmethod
+    def summarize(cls, rows: list[dict], reference_rows: list[dict] | None, reference: str) -> list[dict]:
+        cka = [r["value"] for r in rows if r["metric"] == "cka" and not np.isnan(r["value"])]
+        if not cka:
+            return []
+        return [summary_row(cls.name, "all", "cka", float(np.mean(cka)), len(cka), "mean over adapted layers")]

@@ -16,9 +16,11 @@ import numpy as np
 
 from robustfeat.metrics import agreement, forgetting, geometry_retention
 from robustfeat.shifts.evaluation import (
+    FRACTION,
     Cell,
     EvalContext,
     Evaluation,
+    Headline,
     embed,
     metric_row,
     predict_logits,
@@ -46,6 +48,7 @@ class PretrainedHeadProbe(Evaluation):
     fine-tuned model."""
 
     families = frozenset({"image-classifier"})
+    plots = ("forgetting-tradeoff",)
 
     @staticmethod
     def has_head(ctx: EvalContext) -> bool:
@@ -65,6 +68,11 @@ class PretrainedHeadProbe(Evaluation):
 class ImagenetAgreement(PretrainedHeadProbe):
     name = "imagenet-agreement"
     summary = "agreement (top-1, KL) of the kept ImageNet head, base vs fine-tuned, on probe images"
+    order = 60
+    explain = "ImageNet agree: how often the kept ImageNet head predicts what the base's did (1 = nothing forgotten)."
+    headlines = (Headline("imagenet_agreement", "ImageNet agree", "top1_agreement", True,
+                          "top-1 agreement of the kept ImageNet head, base vs fine-tuned", "forgetting",
+                          bounds=FRACTION),)
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         return [Cell(self.name, "test-images")] if self.has_head(ctx) else []
@@ -78,34 +86,78 @@ class ImagenetAgreement(PretrainedHeadProbe):
                 metric_row("forgetting", 1.0 - top1, n, note="1 - top-1 agreement")]
 
 
-#: held-out probe tasks by family, in order of preference (the fine-tuning data is skipped)
+#: held-out probe tasks by family, in order of preference: (data, label column)
 DEFAULT_PROBES = {
     "image-classifier": [("mnist-5k", "label"), ("digits", "label"), ("fashion-mnist", "label")],
     "text-classifier": [("vader-sentiment", "domain"), ("news-text", "domain")],
 }
 
 
+def held_out(own: str, own_labels: list[str] | None, data: str, column: str) -> str | None:
+    """Why the probe task (``data``, ``column``) is not held out from fine-tuning on ``own``
+    (None when it is): it is the fine-tuning task, the task of one of its declared
+    out-of-domain or near-domain sets, or a task with the same label set."""
+    from robustfeat.registry import DATASETS
+    from robustfeat.shifts.domains import pairs_for
+
+    if data == own:
+        return f"'{data}' is the fine-tuning data"
+    if column != "label":
+        return None  # another column of the data (e.g. a snippet's source) is another task
+    if data in {s.data for s in pairs_for(own, None)}:
+        return f"'{data}' is a declared out-of-domain or near-domain set of '{own}'"
+    theirs = DATASETS.get(data).label_names if data in DATASETS else None
+    if theirs and own_labels and sorted(theirs) == sorted(own_labels):
+        return f"'{data}' has the label set of '{own}'"
+    return None
+
+
 @register_evaluation
 class LinearProbe(Evaluation):
     name = "linear-probe"
-    summary = "logistic-regression probe on backbone features for a held-out task, base vs fine-tuned"
+    summary = ("logistic-regression probe on backbone features for a held-out task (never the fine-tuning task, its "
+               "OOD pairs or its label set; texts deduplicated against the fine-tuning data), base vs fine-tuned")
     families = frozenset({"image-classifier", "text-classifier"})
+    order = 40
+    plots = ("forgetting-tradeoff",)
+    headlines = (Headline("probe_forgetting", "probe forgetting", "forgetting", False,
+                          "linear-probe accuracy lost on a held-out task (base - fine-tuned)", "forgetting",
+                          bounds=(-1.0, 1.0)),)
 
     def probe(self, ctx: EvalContext) -> tuple[str, str] | None:
+        own, labels = ctx.record["data"]["name"], ctx.record["data"].get("label_names")
         if self.params.get("data"):
-            return self.params["data"], self.params.get("label", "label")
-        own = ctx.record["data"]["name"]
-        return next(((d, c) for d, c in DEFAULT_PROBES[ctx.family] if d != own), None)
+            data, column = self.params["data"], self.params.get("label", "label")
+            why = held_out(own, labels, data, column)
+            require(why is None, f"linear-probe data '{data}' is not held out: {why}")
+            return data, column
+        return next(((d, c) for d, c in DEFAULT_PROBES[ctx.family] if held_out(own, labels, d, c) is None), None)
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         p = self.probe(ctx)
         return [Cell(self.name, f"{p[0]}:{p[1]}")] if p else []
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        from robustfeat.data.api import load_dataset
+
         data, column = self.probe(ctx)
         n_train, n_test = self.params.get("train_examples", 2000), self.params.get("test_examples", 1000)
-        bundle, train = _probe_table(ctx, data, "train", n_train)
-        test = subsample(bundle["test"], n_test, ctx.options.seed)
+        bundle = load_dataset(data, seed=ctx.options.seed, progress=False)
+        splits = {"train": bundle["train"], "test": bundle["test"]}
+        dedup = ""
+        if "text" in splits["train"] and ctx.data.input_column == "text":
+            from robustfeat.data.dedup import loose_keys, loose_matches
+
+            full = load_dataset(ctx.record["config"]["data"], seed=ctx.options.seed, progress=False)
+            ref = loose_keys(t for n in full.splits for t in full[n]["text"])
+            dropped = total = 0
+            for k, t in splits.items():
+                dup = loose_matches(t["text"], ref)
+                dropped, total = dropped + int(dup.sum()), total + len(t)
+                splits[k] = t.where(~dup)
+            dedup = f"; deduplicated against {ctx.data.name}: dropped {dropped} of {total} probe texts"
+        train = subsample(splits["train"], n_train, ctx.options.seed)
+        test = subsample(splits["test"], n_test, ctx.options.seed)
         require(column in train, f"probe data '{data}' has no column '{column}'")
         classes, y = np.unique(np.concatenate([train[column], test[column]]).astype(str), return_inverse=True)
         require(len(classes) >= 2, f"probe data '{data}' has a single class in '{column}'")
@@ -115,12 +167,17 @@ class LinearProbe(Evaluation):
         def features(h):
             return {"train": embed(h, train, bs)["embedding"], "test": embed(h, test, bs)["embedding"]}
 
-        base = ctx.base_cached("probe-features", [data, column, train.fingerprint(), test.fingerprint()], features)
-        tuned = features(ctx.handle)
-        acc_base = _probe_accuracy(base["train"], y_train, base["test"], y_test)
-        acc_tuned = _probe_accuracy(tuned["train"], y_train, tuned["test"], y_test)
+        with ctx.steps("linear probe", ("base features", "fine-tuned features", "base probe", "fine-tuned probe")) as step:
+            base = ctx.base_cached("probe-features", [data, column, train.fingerprint(), test.fingerprint()], features)
+            step()
+            tuned = features(ctx.handle)
+            step()
+            acc_base = _probe_accuracy(base["train"], y_train, base["test"], y_test)
+            step()
+            acc_tuned = _probe_accuracy(tuned["train"], y_train, tuned["test"], y_test)
+            step()
         n = len(test)
-        note = f"{len(classes)} classes, {len(train)} train / {n} test"
+        note = f"{len(classes)} classes, {len(train)} train / {n} test{dedup}"
         return [metric_row("base_accuracy", acc_base, n, note=note), metric_row("accuracy", acc_tuned, n, note=note),
                 metric_row("retention", acc_tuned / acc_base if acc_base > 0 else float("nan"), n),
                 metric_row("forgetting", forgetting(acc_base, acc_tuned), n)]
@@ -165,6 +222,13 @@ class EmbeddingGeometry(GenericTextProbe):
     summary = "Spearman of pairwise cosine similarities of probe sentences (news-text), base vs fine-tuned"
     families = frozenset({"text-classifier"})
     cache_name = "probe-embeddings"
+    order = 50
+    explain = ("geometry rho: Spearman correlation of the pairwise cosine similarities of probe sentences, base vs "
+               "fine-tuned (1 = the embedding geometry is unchanged).")
+    plots = ("forgetting-tradeoff",)
+    headlines = (Headline("geometry", "geometry rho", "geometry_spearman", True,
+                          "Spearman correlation of pairwise cosine similarities, base vs fine-tuned", "forgetting",
+                          bounds=(-1.0, 1.0)),)
 
     def measure(self, handle, table, batch_size):
         return embed(handle, table, batch_size)
@@ -180,6 +244,11 @@ class Perplexity(GenericTextProbe):
     summary = "perplexity on generic text (news-text), base vs fine-tuned"
     families = frozenset({"causal-lm"})
     cache_name = "perplexity"
+    order = 80
+    explain = "ppl increase: perplexity on generic text after fine-tuning minus before (positive means forgotten)."
+    plots = ("forgetting-tradeoff",)
+    headlines = (Headline("ppl_increase", "ppl increase", "forgetting", False, "perplexity increase on generic text",
+                          "forgetting"),)
 
     def measure(self, handle, table, batch_size):
         from robustfeat.train.loop import evaluate

@@ -19,9 +19,12 @@ import numpy as np
 from robustfeat.data.table import Table
 from robustfeat.metrics import forgetting
 from robustfeat.shifts.evaluation import (
+    FRACTION,
     Cell,
     EvalContext,
     EvaluationError,
+    Headline,
+    Option,
     accuracy_rows,
     cell_seed,
     metric_row,
@@ -93,16 +96,25 @@ def load_images(items: list[tuple[Path, int]], size: int) -> Table:
 class ImagenetAccuracy(PretrainedHeadProbe):
     name = "imagenet-accuracy"
     summary = "accuracy of the kept ImageNet head, base vs fine-tuned, on the folder given with --imagenet"
+    order = 70
+    explain = "ImageNet acc: accuracy of the kept ImageNet head on the --imagenet folder's labelled images."
+    plots = ()
+    options = (Option("imagenet", "ImageNet-layout folder (class folders n01440764/... or 0/...): accuracy of the "
+                      "kept ImageNet head, base vs fine-tuned", metavar="DIR", param="folder",
+                      check=lambda folder: read_imagenet_folder(folder)),)
+    headlines = (Headline("imagenet_acc", "ImageNet acc", "accuracy", True,
+                          "accuracy of the kept ImageNet head on the --imagenet folder", "forgetting",
+                          bounds=FRACTION),)
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
-        if not ctx.options.imagenet or not self.has_head(ctx):
+        if not self.params.get("folder") or not self.has_head(ctx):
             return []
         # the cell is named after the folder's listing: another folder, or changed contents, is a new cell
         listing = "\n".join(f"{p.parent.name}/{p.name}" for p, _ in self._sample(ctx))
         return [Cell(self.name, f"imagenet-folder-{hashlib.sha256(listing.encode()).hexdigest()[:8]}")]
 
     def _sample(self, ctx: EvalContext) -> list[tuple[Path, int]]:
-        items = read_imagenet_folder(ctx.options.imagenet)
+        items = read_imagenet_folder(self.params["folder"])
         n = self.params.get("examples")
         if n is not None and n < len(items):
             pick = np.sort(np.random.default_rng(ctx.options.seed).choice(len(items), n, replace=False))

@@ -66,20 +66,42 @@ def choose_bank(name: str | None, families: set[str]) -> Bank:
     return bank_for_family(next(iter(families)))
 
 
+def reference_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """What a CE reference must share with the checkpoint it normalises: the model, the data
+    (its fingerprint), the image size and the test examples kept (the evaluated subsample)."""
+    cfg = record["config"]
+    return {"model": cfg["model"], "data": record["data"]["name"], "data fingerprint": record["data"]["fingerprint"],
+            "image size": record["model"].get("image_size") or cfg.get("image_size"),
+            "test examples kept (max_eval_examples)": cfg.get("max_eval_examples")}
+
+
+def reference_mismatch(record: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    a, b = reference_facts(record), reference_facts(ref)
+    return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
+
+
 def pick_reference(entries: list[tuple[Path, dict, str]], explicit: str | None) -> dict[str, str]:
     """Each checkpoint's CE reference: ``explicit`` (a checkpoint path) when given, else a
-    ``linear`` checkpoint (frozen base + trained head) of the same model and data."""
+    ``linear`` checkpoint (frozen base + trained head) of the same model, data, image size and
+    test subsample. An explicit reference that differs from a checkpoint in any of these is
+    refused; the default pick never mixes them."""
     refs: dict[str, str] = {}
     if explicit is not None:
         p = Path(explicit).expanduser().absolute()
-        match = [rid for path, _, rid in entries if path == p]
+        match = [(rec, rid) for path, rec, rid in entries if path == p]
         if not match:
             raise EvaluationError(f"--reference '{explicit}' must be one of the checkpoints being evaluated")
-        return {rid: match[0] for _, _, rid in entries}
+        ref_rec, ref_id = match[0]
+        for path, rec, rid in entries:
+            diff = reference_mismatch(rec, ref_rec)
+            if diff:
+                raise EvaluationError(f"--reference '{explicit}' cannot normalise the corruption errors of "
+                                      f"'{path}': they differ in {'; '.join(diff)} (a reference must share model, "
+                                      "data, image size and test examples)")
+        return {rid: ref_id for _, _, rid in entries}
     for _, rec, rid in entries:
         for _, other, oid in entries:
-            if (other["config"]["method"] == "linear" and other["config"]["model"] == rec["config"]["model"]
-                    and other["data"]["fingerprint"] == rec["data"]["fingerprint"]):
+            if other["config"]["method"] == "linear" and not reference_mismatch(rec, other):
                 refs[rid] = oid
                 break
     return refs
@@ -87,69 +109,71 @@ def pick_reference(entries: list[tuple[Path, dict, str]], explicit: str | None) 
 
 def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, bank: str | None = None,
              shifts: list[str] | None = None, quick: bool = False, reference: str | None = None,
-             device: str | None = None, seed: int = 0, batch_size: int = 64, pairs: str | None = None,
-             domain_column: str | None = None, imagenet: str | None = None, progress: bool = True):
+             device: str | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
+             **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
-    the tidy table (a pandas DataFrame)."""
+    the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
+    (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...)."""
     from tqdm.auto import tqdm
+
+    from robustfeat.shifts.evaluation import option_overrides, require_in_bank
 
     if not checkpoints:
         raise EvaluationError("give at least one checkpoint folder to evaluate")
     if batch_size < 1:
         raise EvaluationError(f"batch size must be positive, got {batch_size}")
-    if pairs is not None:
-        from robustfeat.shifts.domains import read_pairs
-
-        read_pairs(pairs)  # a bad file fails before anything runs
-    if imagenet is not None:
-        from robustfeat.shifts.imagenet import read_imagenet_folder
-
-        read_imagenet_folder(imagenet)  # so does a bad folder
+    overrides = option_overrides(options)  # unknown options and bad values fail before anything is read
     entries = []
     for c in dict.fromkeys(map(str, checkpoints)):
         path, record = _read(c)
         entries.append((path, record, run_id(path, record)))
     chosen = choose_bank(bank, {rec["model"]["family"] for _, rec, _ in entries})
+    require_in_bank(overrides, {e.evaluation for e in chosen.entries}, chosen.name)
     if reference is not None and Path(reference).expanduser().absolute() not in [p for p, _, _ in entries]:
         path, record = _read(reference)
         entries.append((path, record, run_id(path, record)))
     refs = pick_reference(entries, reference)
     tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
     store = ResultsStore(out, tag)
-    options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress, pairs=pairs,
-                          imagenet=imagenet)
-    overrides = {"domains": {"column": domain_column}} if domain_column else {}
+    run_options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress)
     evaluations = chosen.evaluations(quick, overrides)
     wanted = set(shifts) if shifts else None
     pool = BasePool()
     store.update(provenance=_provenance(chosen, tag, quick, seed))
+    plans = []
     for i, (path, record, rid) in enumerate(entries):
-        ctx = EvalContext(path=path, record=record, run_id=rid, options=options, base_dir=store.root / "base", pool=pool)
-        with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
-            plan = [(name, ev, [c for c in ev.cells(ctx) if _selected(c, wanted)])
-                    for name, ev in evaluations if ctx.family in ev.families]
-            if i == 0 and wanted:
-                _check_shifts(wanted, plan)
-            store.update(checkpoints={rid: _checkpoint_info(path, record, refs.get(rid))})
-            for name, ev, cells in plan:
-                todo = [c for c in cells if not store.done(rid, c)]
-                bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"{rid} {name}", unit="cell",
-                           disable=not progress or not cells, dynamic_ncols=True)
-                for cell in todo:
-                    bar.set_postfix_str(f"{cell.shift} s{cell.severity}" if cell.severity else cell.shift)
-                    t0 = time.perf_counter()
-                    rows = ev.run(ctx, cell)
-                    store.write_cell(rid, cell, rows, time.perf_counter() - t0)
-                    bar.update(1)
-                bar.close()
-            notes = ctx.memo.get("dataset_notes")
-            if notes:
-                store.update(dataset_notes=notes)
+        ctx = EvalContext(path=path, record=record, run_id=rid, options=run_options, base_dir=store.root / "base",
+                          pool=pool)
+        plan = [(name, ev, ev.select(ev.cells(ctx), wanted)) for name, ev in evaluations if ctx.family in ev.families]
+        if i == 0 and wanted:
+            _check_shifts(wanted, plan)
+        ctx.release()  # planning may load the model; only the checkpoint being evaluated stays in memory
+        plans.append((ctx, plan))
+    # one overall bar over every cell of every checkpoint, its ETA from the start
+    total = sum(len(cells) for _, plan in plans for _, _, cells in plan)
+    finished = sum(store.done(ctx.run_id, c) for ctx, plan in plans for _, _, cells in plan for c in cells)
+    bar = tqdm(total=total, initial=finished, desc=f"evaluate {len(entries)} checkpoint{'s' if len(entries) != 1 else ''}",
+               unit="cell", disable=not progress or not total, dynamic_ncols=True, position=0)
+    try:
+        for ctx, plan in plans:
+            rid = ctx.run_id
+            with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
+                store.update(checkpoints={rid: _checkpoint_info(ctx.path, ctx.record, refs.get(rid))})
+                for name, ev, cells in plan:
+                    for cell in [c for c in cells if not store.done(rid, c)]:
+                        shift = f"{cell.shift} s{cell.severity}" if cell.severity else cell.shift
+                        bar.set_postfix_str(f"{rid} {name} {shift}")
+                        t0 = time.perf_counter()
+                        rows = ev.run(ctx, cell)
+                        store.write_cell(rid, cell, rows, time.perf_counter() - t0)
+                        bar.update(1)
+                notes = ctx.memo.get("dataset_notes")
+                if notes:
+                    store.update(dataset_notes=notes)
+            ctx.release()
+    finally:
+        bar.close()
     return store.write_table()
-
-
-def _selected(cell, wanted: set[str] | None) -> bool:
-    return wanted is None or cell.shift in wanted or cell.evaluation in wanted
 
 
 def _check_shifts(wanted: set[str], plan) -> None:

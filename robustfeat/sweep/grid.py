@@ -29,7 +29,14 @@ from typing import Any
 from robustfeat.errors import RobustfeatError
 
 KEYS = {"models", "datasets", "methods", "seeds", "hyperparameters", "train", "evaluate", "resources"}
-EVALUATE_KEYS = {"quick", "shifts", "bank", "seed", "batch_size", "pairs", "domain_column", "imagenet"}
+#: the run-wide keys of a grid's ``evaluate:``; each evaluation's own options are added from their declarations
+RUN_EVALUATE_KEYS = {"quick", "shifts", "bank", "seed", "batch_size"}
+
+
+def evaluate_keys() -> set[str]:
+    from robustfeat.shifts.evaluation import all_options
+
+    return RUN_EVALUATE_KEYS | set(all_options())
 RESOURCE_KEYS = {"cpus", "gpus", "memory_gb", "retries", "threads"}
 
 
@@ -129,9 +136,16 @@ def parse_grid(doc: Any, source: str = "<grid>") -> Grid:
     both = sorted(set(hyper) & set(train))
     if both:
         raise GridError(f"{source}: {', '.join(both)} is both fixed in 'train' and swept in 'hyperparameters'")
-    bad = sorted(set(evaluate) - EVALUATE_KEYS)
+    keys = evaluate_keys()
+    bad = sorted(set(evaluate) - keys)
     if bad:
-        raise GridError(f"{source}: 'evaluate' has unknown field(s) {', '.join(bad)} ({', '.join(sorted(EVALUATE_KEYS))})")
+        raise GridError(f"{source}: 'evaluate' has unknown field(s) {', '.join(bad)} ({', '.join(sorted(keys))})")
+    try:
+        from robustfeat.shifts.evaluation import option_overrides
+
+        option_overrides({k: v for k, v in evaluate.items() if k not in RUN_EVALUATE_KEYS})
+    except RobustfeatError as e:
+        raise GridError(f"{source}: evaluate: {e}") from None
     bad = sorted(set(resources) - RESOURCE_KEYS)
     if bad:
         raise GridError(f"{source}: 'resources' has unknown field(s) {', '.join(bad)} ({', '.join(sorted(RESOURCE_KEYS))})")
