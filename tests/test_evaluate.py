@@ -348,3 +348,54 @@ def test_imagenet_folder_bad_input(cnn, tmp_path, layout, match):
     out = tmp_path / "res"
     with pytest.raises(RobustfeatError, match=match):
         evaluate([cnn["lora"]], out, quick=True, shifts=["imagenet-accuracy"], imagenet=str(root), progress=False)
+
+
+def test_a_reference_of_other_data_or_size_is_refused_and_never_picked(cnn, tmp_path, capsys):
+    """mCE divides by the reference's errors: a reference of another dataset (the audit's MNIST
+    checkpoint against a Fashion-MNIST one printed mCE 1.009) or image size is refused with one
+    line naming what differs, and the default pick skips it; nothing is written."""
+    from robustfeat.cli import main
+
+    other_data = _train(tmp_path, "tiny-cnn", "digits", "linear", image_size=32)
+    other_size = _train(tmp_path / "s40", "tiny-cnn", "mnist-5k", "linear", image_size=40)
+    for ref, what in ((other_data, "data mnist-5k vs digits"), (other_size, "image size 32 vs 40")):
+        out = tmp_path / f"o-{ref.parent.name}-{ref.name}"
+        code = main(["evaluate", str(cnn["lora"]), "--reference", str(ref), "--quick", "--no-progress", "--shifts",
+                     "fog", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and what in err[0] and "cannot normalise" in err[0], err
+        assert not out.exists()
+    # the default pick: a linear checkpoint of the same data but another image size is not the reference
+    frame = evaluate([cnn["lora"], other_size], tmp_path / "default", quick=True, shifts=["fog"], progress=False)
+    lora = frame[frame.checkpoint.str.startswith("tiny-cnn-lora")]
+    assert not (lora.metric == "mce").any() and set(lora.reference) == {""}
+    linear = frame[frame.checkpoint.str.startswith("tiny-cnn-linear") & (frame.metric == "mce")]
+    assert len(linear) == 1 and linear.reference.iloc[0] == linear.checkpoint.iloc[0]  # its own reference only
+
+
+def test_the_cli_table_shows_a_dash_never_nan(cnn, quick, capsys):
+    from robustfeat.cli import main
+
+    out, frame = quick
+    assert frame.value.isna().any()  # e.g. an undefined relative mCE of the tiny models
+    assert main(["evaluate", str(cnn["lora"]), str(cnn["linear"]), "--quick", "--no-progress",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    import re
+
+    table = printed.split("result rows in")[0]
+    assert not re.search(r"\bnan\b", table.lower()) and " - " in table and "ID acc" in table, table
+
+
+def test_one_overall_progress_bar_over_every_checkpoint(cnn, tmp_path, capsys):
+    """One bar for the whole evaluation: its total is every cell of every checkpoint from
+    the start (so its ETA covers the run), and the linear probe shows steps inside its cell."""
+    from robustfeat.cli import main
+
+    assert main(["evaluate", str(cnn["lora"]), str(cnn["vefa"]), "--quick", "--shifts", "clean,fog,linear-probe",
+                 "--out", str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err
+    totals = {int(m) for m in __import__("re").findall(r"evaluate 2 checkpoints: +\d+%\|[^|]*\| *\d+/(\d+)", err)}
+    # per checkpoint: clean, the uncorrupted cell and fog at 3 severities, the probe = 6 cells
+    assert totals == {12}, err[-2000:]
+    assert "linear probe" in err and "fine-tuned features" in err

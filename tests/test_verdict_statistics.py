@@ -175,3 +175,22 @@ def test_paired_differences_and_conclusions():
 def test_missing_values_read_as_a_dash():
     assert format_value(math.nan) == "-" and format_value(None) == "-" and format_value(0.123456) == "0.1235"
     assert format_value(np.float64(2.0)) == "2" and format_value("lora") == "lora"
+
+
+def test_forgetting_probes_are_held_out():
+    from robustfeat.shifts.forgetting import DEFAULT_PROBES, held_out
+
+    digits = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    # mnist-5k: its own task, its declared OOD pair (digits) and that pair's label set are not forgetting probes
+    assert "fine-tuning data" in held_out("mnist-5k", digits, "mnist-5k", "label")
+    assert "out-of-domain" in held_out("mnist-5k", digits, "digits", "label")
+    assert held_out("mnist-5k", digits, "fashion-mnist", "label") is None
+    assert "label set" in held_out("my-digits.csv", digits, "digits", "label")
+    # rotten-tomatoes: VADER's sentiment labels are its OOD sets, but which source a snippet comes from is another
+    # task (its movie snippets are deduplicated against the fine-tuning data when the probe runs)
+    assert held_out("rotten-tomatoes", ["rotten", "fresh"], "vader-sentiment", "label") is not None
+    assert held_out("rotten-tomatoes", ["rotten", "fresh"], "vader-sentiment", "domain") is None
+    # the default pick for each built-in image dataset
+    picks = {own: next(d for d, c in DEFAULT_PROBES["image-classifier"] if held_out(own, labels, d, c) is None)
+             for own, labels in (("mnist-5k", digits), ("digits", digits), ("fashion-mnist", None))}
+    assert picks == {"mnist-5k": "fashion-mnist", "digits": "fashion-mnist", "fashion-mnist": "mnist-5k"}
