@@ -46,7 +46,7 @@ def _dataset_rows() -> list[tuple[str, ...]]:
 
 @listing("corruptions", ("corruption", "family", "random", "ImageNet-C set"))
 def _corruption_rows() -> list[tuple[str, ...]]:
-    from robustfeat.metrics.corruption import COMMON
+    from robustfeat.metrics.corruption_errors import COMMON
     from robustfeat.registry import CORRUPTIONS
 
     return [(n, c.family, "yes" if c.random else "no", "common 15" if n in COMMON else "extra 4")
@@ -61,6 +61,14 @@ def _bank_rows() -> list[tuple[str, ...]]:
             for n, b in BANKS.items()]
 
 
+@listing("families", ("family", "handle", "tasks", "bank", "probe tasks", "what it is"))
+def _family_rows() -> list[tuple[str, ...]]:
+    from robustfeat.registry import FAMILIES
+
+    return [(n, f.handle.split(":")[1], ", ".join(sorted(f.tasks)), f.bank or "-",
+             ", ".join(f"{d}:{c}" for d, c in f.probes) or "-", f.summary) for n, f in FAMILIES.items()]
+
+
 @listing("backends", ("backend", "what it does"))
 def _backend_rows() -> list[tuple[str, ...]]:
     from robustfeat.registry import BACKENDS
@@ -70,7 +78,7 @@ def _backend_rows() -> list[tuple[str, ...]]:
 
 @listing("evaluations", ("evaluation", "families", "headlines", "what it measures"))
 def _evaluation_rows() -> list[tuple[str, ...]]:
-    from robustfeat.shifts.evaluation import evaluations_in_order
+    from robustfeat.evaluations.base import evaluations_in_order
 
     return [(e.name, ", ".join(sorted(e.families)), ", ".join(h.key for h in e.headlines) or "-", e.summary)
             for e in evaluations_in_order()]
@@ -78,7 +86,7 @@ def _evaluation_rows() -> list[tuple[str, ...]]:
 
 @listing("options", ("option", "evaluation", "grid key", "what it sets"))
 def _option_rows() -> list[tuple[str, ...]]:
-    from robustfeat.shifts.evaluation import all_options
+    from robustfeat.evaluations.base import all_options
 
     return [(o.flag, ev, name, o.help) for name, (ev, o) in sorted(all_options().items())]
 
@@ -168,8 +176,8 @@ def headline_rows(table, id_columns: Sequence[str]) -> tuple[list[str], list[tup
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from robustfeat.report.summary import per_checkpoint
-    from robustfeat.shifts.evaluation import all_options
-    from robustfeat.shifts.runner import evaluate
+    from robustfeat.evaluations.base import all_options
+    from robustfeat.evaluations.runner import evaluate
 
     options = {name: getattr(args, name) for name in all_options()}
     frame = evaluate(args.checkpoints, args.out, bank=args.bank,
@@ -294,7 +302,7 @@ def build_parser(with_evaluation_options: bool = False) -> argparse.ArgumentPars
     ev.add_argument("--reference", help="checkpoint used as the CE/mCE reference (default: a 'linear' checkpoint "
                                         "of the same model and data among those evaluated)")
     if with_evaluation_options:  # generated from the evaluations' declarations (robustfeat ls options)
-        from robustfeat.shifts.evaluation import all_options
+        from robustfeat.evaluations.base import all_options
 
         for name, (evaluation, o) in all_options().items():
             ev.add_argument(o.flag, dest=name, type=o.type, metavar=o.metavar,

@@ -19,21 +19,29 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object table for one kind of plug-in.
 
-    ``modules`` are imported on first lookup so that every built-in entry has
-    registered itself, without importing heavy code at package import time.
+    ``modules`` (and every module of ``packages``) are imported on first lookup so
+    that every built-in entry has registered itself, without importing heavy code at
+    package import time.
     """
 
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, modules: tuple[str, ...] = (), packages: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._modules = modules
+        self._packages = packages
         self._items: dict[str, T] = {}
-        self._loaded = not modules
+        self._loaded = not (modules or packages)
 
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
             for module in self._modules:
                 importlib.import_module(module)
+            for package in self._packages:
+                import pkgutil
+
+                pkg = importlib.import_module(package)
+                for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+                    importlib.import_module(f"{package}.{info.name}")
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register("name")``."""
@@ -86,16 +94,16 @@ ADAPTERS: Registry = Registry("adapter method", modules=("robustfeat.adapters",)
 LAYER_KINDS: Registry = Registry("layer kind", modules=("robustfeat.adapters.layers",))
 #: Datasets: the built-in real datasets (``robustfeat ls datasets``).
 DATASETS: Registry = Registry("dataset", modules=("robustfeat.data.builtin",))
+#: Model families: handle class, tasks, default bank and probes (``robustfeat ls families``).
+FAMILIES: Registry = Registry("model family", modules=("robustfeat.models.families",))
 #: The model zoo: real pretrained entries, generic loaders and tiny test models.
 MODELS: Registry = Registry("model", modules=("robustfeat.models.zoo",))
 #: Image corruptions (ImageNet-C and its four held-out extras) as batched torch functions.
 CORRUPTIONS: Registry = Registry("corruption", modules=("robustfeat.shifts.corruptions", "robustfeat.shifts.spatter"))
-#: Evaluations of the shift bank (clean, corruptions, domains, ood, forgetting, drift).
-EVALUATIONS: Registry = Registry("evaluation", modules=(
-    "robustfeat.shifts.clean", "robustfeat.shifts.corruption_bank", "robustfeat.shifts.domains",
-    "robustfeat.shifts.forgetting", "robustfeat.shifts.imagenet", "robustfeat.shifts.drift",
-))
+#: Evaluations (clean, corruptions, domains, ood, forgetting probes, drift): every module of
+#: the ``robustfeat.evaluations`` package is imported, so a new evaluation is one new module
+EVALUATIONS: Registry = Registry("evaluation", packages=("robustfeat.evaluations",))
 #: Banks: named, versioned lists of evaluations chosen by model family (``robustfeat ls banks``).
-BANKS: Registry = Registry("bank", modules=("robustfeat.shifts.banks",))
+BANKS: Registry = Registry("bank", modules=("robustfeat.evaluations.banks",))
 #: Where sweep cells run (``robustfeat ls backends``): local, ray.
 BACKENDS: Registry = Registry("backend", modules=("robustfeat.sweep.backends",))

@@ -199,7 +199,7 @@ def _row(run_id: str, info: dict, r: dict, reference: str) -> dict:
 def summary_rows(rows: list[dict], ref_rows: list[dict] | None, ref_id: str) -> list[dict]:
     """Derived rows of one checkpoint: each registered evaluation summarizes its own rows
     (and its reference checkpoint's rows of the same evaluation)."""
-    from robustfeat.shifts.evaluation import evaluations_in_order
+    from robustfeat.evaluations.base import evaluations_in_order
 
     by_evaluation: dict[str, list[dict]] = defaultdict(list)
     ref_by_evaluation: dict[str, list[dict]] = defaultdict(list)

@@ -71,7 +71,7 @@ def _set_aside_older_results(scenario: Scenario, out: Path) -> None:
     """A results folder from an older version of the quick bank is renamed (to
     ``results-<its bank>``), not overwritten, so the study evaluates its checkpoints afresh."""
     from robustfeat.registry import MODELS
-    from robustfeat.shifts.banks import bank_for_family
+    from robustfeat.evaluations.banks import bank_for_family
 
     meta_file = out / "results.json"
     if not meta_file.is_file():
@@ -93,7 +93,7 @@ def _set_aside_older_results(scenario: Scenario, out: Path) -> None:
 
 def _evaluate_stage(scenario: Scenario, checkpoints: list[Path], out: Path) -> Stage:
     def run() -> None:
-        from robustfeat.shifts.runner import evaluate
+        from robustfeat.evaluations.runner import evaluate
 
         _set_aside_older_results(scenario, out)
         evaluate(checkpoints, out, quick=True, shifts=list(scenario.shifts) if scenario.shifts else None,

@@ -23,7 +23,7 @@ def _seed():
 def tiny_results(tmp_path_factory):
     """A quick evaluation of two tiny image checkpoints (linear and lora on mnist-5k), for
     the report and notebook tests."""
-    from robustfeat.shifts.runner import evaluate
+    from robustfeat.evaluations.runner import evaluate
     from robustfeat.train import TrainConfig, finetune
 
     root = tmp_path_factory.mktemp("tiny-results")

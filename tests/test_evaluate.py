@@ -17,9 +17,9 @@ import pytest
 
 from robustfeat.data.cache import sha256_file
 from robustfeat.locks import locked
-from robustfeat.shifts import evaluation as evaluation_mod
-from robustfeat.shifts.banks import QUICK_CORRUPTIONS
-from robustfeat.shifts.runner import evaluate
+from robustfeat.evaluations import base as evaluation_mod
+from robustfeat.evaluations.banks import QUICK_CORRUPTIONS
+from robustfeat.evaluations.runner import evaluate
 from robustfeat.train import TrainConfig, finetune
 
 pytestmark = pytest.mark.real_data
@@ -119,7 +119,7 @@ def test_mce_against_the_reference_by_hand(quick, cnn, tmp_path):
 def test_interrupted_run_resumes_to_identical_results(quick, cnn, tmp_path, monkeypatch):
     ref_out, _ = quick
     out = tmp_path / "again"
-    from robustfeat.shifts.corruption_bank import Corruptions
+    from robustfeat.evaluations.imagenet_c import Corruptions
 
     real = Corruptions.run
     calls = {"n": 0}
@@ -269,7 +269,7 @@ def test_the_image_bank_version_moves_with_the_corruption_code():
     """Cached corrupted sets are keyed by the corruption code version, but results folders by
     the bank version: a change to the corrupted images without a new image bank version
     would let a resumed evaluation mix old and new corruptions in one folder."""
-    from robustfeat.shifts.banks import IMAGE_BANK_CORRUPTIONS_VERSION
+    from robustfeat.evaluations.banks import IMAGE_BANK_CORRUPTIONS_VERSION
     from robustfeat.shifts.corruptions import CORRUPTIONS_VERSION
 
     assert CORRUPTIONS_VERSION == IMAGE_BANK_CORRUPTIONS_VERSION, (
@@ -300,7 +300,7 @@ def test_imagenet_folder_accuracy_by_hand(cnn, tmp_path):
     give the same numbers as folders named by class index."""
     import torch
 
-    from robustfeat.shifts.imagenet import imagenet_wnids, load_images, read_imagenet_folder
+    from robustfeat.evaluations.imagenet_folder import imagenet_wnids, load_images, read_imagenet_folder
     from robustfeat.train.loop import load_run
 
     by_index = _imagenet_folder(tmp_path / "idx", ["0", "1", "3"])

@@ -9,8 +9,8 @@ import pytest
 from robustfeat.data.dedup import loose_matches
 from robustfeat.data.api import load_dataset
 from robustfeat.errors import ConfigError
-from robustfeat.shifts.domains import pairs_for, read_pairs
-from robustfeat.shifts.runner import evaluate
+from robustfeat.evaluations.ood import pairs_for, read_pairs
+from robustfeat.evaluations.runner import evaluate
 from robustfeat.train import TrainConfig, finetune
 
 pytestmark = pytest.mark.real_data

@@ -17,8 +17,8 @@ from robustfeat.registry import BANKS, EVALUATIONS
 from robustfeat.report.plots import PLOTS
 from robustfeat.report.summary import headline_table, per_checkpoint, select
 from robustfeat.results import ResultsStore
-from robustfeat.shifts.banks import CLEAN, Bank, Entry, bank_for_family
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.banks import CLEAN, Bank, Entry, bank_for_family
+from robustfeat.evaluations.base import (
     ROLES,
     Cell,
     Evaluation,
@@ -30,7 +30,7 @@ from robustfeat.shifts.evaluation import (
     metric_row,
     summary_row,
 )
-from robustfeat.shifts.runner import evaluate
+from robustfeat.evaluations.runner import evaluate
 from robustfeat.train import TrainConfig, finetune
 
 pytestmark = pytest.mark.real_data

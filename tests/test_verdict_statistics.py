@@ -178,7 +178,8 @@ def test_missing_values_read_as_a_dash():
 
 
 def test_forgetting_probes_are_held_out():
-    from robustfeat.shifts.forgetting import DEFAULT_PROBES, held_out
+    from robustfeat.evaluations.probes import held_out
+    from robustfeat.registry import FAMILIES
 
     digits = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
     # mnist-5k: its own task, its declared OOD pair (digits) and that pair's label set are not forgetting probes
@@ -191,6 +192,6 @@ def test_forgetting_probes_are_held_out():
     assert held_out("rotten-tomatoes", ["rotten", "fresh"], "vader-sentiment", "label") is not None
     assert held_out("rotten-tomatoes", ["rotten", "fresh"], "vader-sentiment", "domain") is None
     # the default pick for each built-in image dataset
-    picks = {own: next(d for d, c in DEFAULT_PROBES["image-classifier"] if held_out(own, labels, d, c) is None)
+    picks = {own: next(d for d, c in FAMILIES.get("image-classifier").probes if held_out(own, labels, d, c) is None)
              for own, labels in (("mnist-5k", digits), ("digits", digits), ("fashion-mnist", None))}
     assert picks == {"mnist-5k": "fashion-mnist", "digits": "fashion-mnist", "fashion-mnist": "mnist-5k"}

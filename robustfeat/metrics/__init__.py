@@ -1,7 +1,7 @@
 """Metrics: pure functions, each tested against hand-computed values."""
 
 from robustfeat.metrics.classification import accuracy, bootstrap_ci, error, expected_calibration_error  # noqa: F401
-from robustfeat.metrics.corruption import (  # noqa: F401
+from robustfeat.metrics.corruption_errors import (  # noqa: F401
     ALEXNET_MEAN_ERROR,
     COMMON,
     EXTRA,

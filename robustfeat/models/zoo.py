@@ -24,7 +24,6 @@ from robustfeat.errors import RobustfeatError, UnknownNameError
 from robustfeat.models.handle import ModelHandle, ModelInfo
 from robustfeat.registry import MODELS
 
-FAMILIES = ("text-classifier", "causal-lm", "image-classifier")
 
 
 class ModelUnavailableError(RobustfeatError):
@@ -399,8 +398,10 @@ def load_model(
     ``torchvision:NAME`` / ``timm:NAME``. ``num_labels`` sizes the new classification head."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise RobustfeatError(f"a model is a zoo name or a path, got {name_or_path!r}")
+    from robustfeat.registry import FAMILIES
+
     if family is not None and family not in FAMILIES:
-        raise RobustfeatError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+        raise RobustfeatError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES.names())}")
     if name_or_path in MODELS:
         handle = MODELS.get(name_or_path).load(num_labels=num_labels, seed=seed, max_length=max_length,
                                                image_size=image_size)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from robustfeat.metrics.intervals import Interval, paired_difference
 from robustfeat.report.summary import per_seed
-from robustfeat.shifts.evaluation import Headline
+from robustfeat.evaluations.base import Headline
 
 #: the rows every method is compared against, in order of preference
 COMPARED_WITH = ("lora", "linear")

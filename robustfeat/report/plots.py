@@ -375,7 +375,7 @@ PLOTS: tuple[Plot, ...] = (
 
 def feeders(plot: str) -> list[str]:
     """The evaluations that declare they feed ``plot`` (any of them makes it possible)."""
-    from robustfeat.shifts.evaluation import evaluations_in_order
+    from robustfeat.evaluations.base import evaluations_in_order
 
     return [cls.name for cls in evaluations_in_order() if plot in cls.plots]
 

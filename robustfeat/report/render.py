@@ -26,7 +26,7 @@ from robustfeat.report.summary import (
     headlines,
     load_results,
 )
-from robustfeat.shifts.evaluation import evaluations_in_order
+from robustfeat.evaluations.base import evaluations_in_order
 
 FORMATS = ("html", "pdf")
 CELL_HEADERS = ("checkpoint", "method", "seed", "shift", "severity", "kind", "metric", "value", "95% CI", "n",

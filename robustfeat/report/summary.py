@@ -14,7 +14,7 @@ import pandas as pd
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.metrics.intervals import FEW_SEEDS, clip, over_seeds
-from robustfeat.shifts.evaluation import Headline, all_headlines
+from robustfeat.evaluations.base import Headline, all_headlines
 
 #: what identifies a compared method: a method fine-tuned on one model and dataset
 GROUP = ["model", "data", "method"]

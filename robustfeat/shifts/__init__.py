@@ -1,1 +1,3 @@
-"""The shift bank: corruptions (batched torch functions), domain splits and OOD sets."""
+"""The image corruptions of ImageNet-C as batched torch functions (``corruptions``,
+``spatter``), their building blocks (``filters``, ``draws``, ``eight_bit``) and the cache of
+corrupted sets (``cache``). The evaluations that use them live in ``robustfeat.evaluations``."""

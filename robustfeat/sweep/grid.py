@@ -34,7 +34,7 @@ RUN_EVALUATE_KEYS = {"quick", "shifts", "bank", "seed", "batch_size"}
 
 
 def evaluate_keys() -> set[str]:
-    from robustfeat.shifts.evaluation import all_options
+    from robustfeat.evaluations.base import all_options
 
     return RUN_EVALUATE_KEYS | set(all_options())
 RESOURCE_KEYS = {"cpus", "gpus", "memory_gb", "retries", "threads"}
@@ -141,7 +141,7 @@ def parse_grid(doc: Any, source: str = "<grid>") -> Grid:
     if bad:
         raise GridError(f"{source}: 'evaluate' has unknown field(s) {', '.join(bad)} ({', '.join(sorted(keys))})")
     try:
-        from robustfeat.shifts.evaluation import option_overrides
+        from robustfeat.evaluations.base import option_overrides
 
         option_overrides({k: v for k, v in evaluate.items() if k not in RUN_EVALUATE_KEYS})
     except RobustfeatError as e:

@@ -53,7 +53,7 @@ def run_cell(spec: CellSpec, out: str | os.PathLike, threads: int | None = None)
 
 
 def _run(spec: CellSpec, out: str | os.PathLike) -> dict[str, Any]:
-    from robustfeat.shifts.runner import evaluate
+    from robustfeat.evaluations.runner import evaluate
     from robustfeat.train import TrainConfig, finetune
 
     t0 = time.perf_counter()

@@ -39,14 +39,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "robustfeat.json"
 RUN_FORMAT = "robustfeat.run"
 
-#: which model families can learn from which dataset tasks
-COMPATIBLE = {
-    "text-classifier": {"text-classification"},
-    "causal-lm": {"text", "text-classification"},
-    "image-classifier": {"image-classification"},
-}
-
-
 class TrainingError(RobustfeatError):
     """Training cannot start or went wrong (diverged, bad output folder, ...)."""
 
@@ -214,8 +206,10 @@ def build(config: TrainConfig, device: torch.device, progress: bool = True) -> t
     if data.task == "text" and handle.info.family == "text-classifier":
         raise TrainingError(f"dataset '{config.data}' has no labels (no 'label' column); a text classifier "
                             "needs them (a causal LM can learn unlabelled text)")
-    if data.task not in COMPATIBLE[handle.info.family]:
-        fits = " or ".join(sorted(f for f, t in COMPATIBLE.items() if data.task in t))
+    from robustfeat.registry import FAMILIES
+
+    if data.task not in FAMILIES.get(handle.info.family).tasks:
+        fits = " or ".join(sorted(n for n, f in FAMILIES.items() if data.task in f.tasks))
         raise TrainingError(
             f"model '{config.model}' ({handle.info.family}) cannot learn dataset '{config.data}' "
             f"({data.task}); pick a model of family {fits}"

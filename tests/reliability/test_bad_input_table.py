@@ -23,7 +23,7 @@ def world(tmp_path_factory):
     from safetensors.numpy import load_file, save_file
 
     from robustfeat.report import build_report
-    from robustfeat.shifts.runner import evaluate
+    from robustfeat.evaluations.runner import evaluate
     from robustfeat.sweep import sweep
     from robustfeat.train import TrainConfig, finetune
 

@@ -75,7 +75,7 @@ ENTRY_POINTS = ["cli-info", "cli-evaluate", "cli-evaluate-reference", "api-load-
 def test_a_malicious_pickle_never_runs(real_checkpoint, tmp_path, form, entry):
     import robustfeat as rf
     from robustfeat.adapters.checkpoint import read_checkpoint
-    from robustfeat.shifts.runner import evaluate
+    from robustfeat.evaluations.runner import evaluate
     from robustfeat.train.loop import load_run
 
     evil, marker = _evil(form, real_checkpoint, tmp_path)

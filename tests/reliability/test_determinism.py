@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from robustfeat.shifts.runner import evaluate
+from robustfeat.evaluations.runner import evaluate
 from robustfeat.train import TrainConfig, finetune
 
 TIME_FIELDS = {"train_time_s", "peak_rss_mb", "created", "date", "seconds"}

@@ -21,8 +21,8 @@ from robustfeat.errors import UnknownNameError
 from robustfeat.locks import locked
 from robustfeat.registry import BANKS, CORRUPTIONS, EVALUATIONS
 from robustfeat.results import ResultsStore, safe_name
-from robustfeat.shifts.banks import Bank, bank_for_family
-from robustfeat.shifts.evaluation import BasePool, EvalContext, EvalOptions, EvaluationError
+from robustfeat.evaluations.banks import Bank, bank_for_family
+from robustfeat.evaluations.base import BasePool, EvalContext, EvalOptions, EvaluationError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...)."""
     from tqdm.auto import tqdm
 
-    from robustfeat.shifts.evaluation import option_overrides, require_in_bank
+    from robustfeat.evaluations.base import option_overrides, require_in_bank
 
     if not checkpoints:
         raise EvaluationError("give at least one checkpoint folder to evaluate")

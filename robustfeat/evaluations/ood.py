@@ -1,6 +1,6 @@
-"""Distribution shift by domain: ``domains`` (per-domain accuracy on the fine-tuning data's
-test split, for data with a domain column) and ``ood`` (declared out-of-distribution and
-near-domain sets, read from ``ood_pairs.yaml`` and the user's ``--pairs`` file)."""
+"""``ood``: declared out-of-domain and near-domain sets for a fine-tuning dataset, read from
+the shipped ``ood_pairs.yaml`` and the user's ``--pairs`` file; mean OOD accuracy over the
+out-of-domain ones (a row's ``kind`` says which it is)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 
 from robustfeat.errors import ConfigError
-from robustfeat.metrics.robustness import worst_domain
-from robustfeat.shifts.clean import classification_rows
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.base import (
     FRACTION,
     Cell,
     EvalContext,
@@ -25,50 +23,12 @@ from robustfeat.shifts.evaluation import (
     subsample,
     summary_row,
 )
+from robustfeat.evaluations.clean import classification_rows
+from robustfeat.evaluations.domains import CLASSIFIERS
 
-CLASSIFIERS = frozenset({"text-classifier", "image-classifier"})
 SHIPPED_PAIRS = Path(__file__).with_name("ood_pairs.yaml")
 KINDS = ("out_of_domain", "near_domain")
 SET_KEYS = {"data", "where", "split", "dedup", "labels"}
-
-
-@register_evaluation
-class Domains(Evaluation):
-    name = "domains"
-    summary = "accuracy per value of the test split's domain column (or --domain-column); worst domain"
-    families = CLASSIFIERS
-    order = 20
-    explain = "worst domain: the lowest accuracy over the values of the test split's domain column."
-    plots = ("domains",)
-    options = (Option("domain_column", "column whose values split the test set into domains (default: the "
-                      "data's own domain column)", metavar="COL", param="column"),)
-    headlines = (Headline("worst_domain", "worst domain", "accuracy", True, "accuracy on the worst domain",
-                          "robustness", shift="worst", bounds=FRACTION),)
-
-    def column(self, ctx: EvalContext) -> str | None:
-        return self.params.get("column") or ctx.data.domain_column
-
-    def cells(self, ctx: EvalContext) -> list[Cell]:
-        col = self.column(ctx)
-        if col is None:
-            return []
-        test = ctx.data["test"]
-        require(col in test, f"--domain-column '{col}' is not a column of '{ctx.data.name}'; "
-                             f"columns: {', '.join(test.names())}")
-        return [Cell(self.name, str(v)) for v in sorted(set(map(str, test[col])))]
-
-    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
-        test = ctx.data["test"]
-        part = test.where(np.asarray(test[self.column(ctx)]).astype(str) == cell.shift)
-        return classification_rows(ctx, subsample(part, self.params.get("examples"), ctx.options.seed), cell)
-
-    @classmethod
-    def summarize(cls, rows: list[dict], reference_rows: list[dict] | None, reference: str) -> list[dict]:
-        dom = {r["shift"]: r["value"] for r in rows if r["metric"] == "accuracy"}
-        if not dom:
-            return []
-        name, acc = worst_domain(dom)
-        return [summary_row(cls.name, "worst", "accuracy", acc, len(dom), f"worst domain: {name}")]
 
 
 @dataclass(frozen=True)
@@ -154,7 +114,7 @@ class OutOfDomain(Evaluation):
     explain = ("mean OOD acc: accuracy averaged over the declared out-of-domain sets (near-domain sets are "
                "reported but not averaged in).")
     plots = ("id-vs-ood",)
-    options = (Option("pairs", "YAML file adding out-of-distribution sets (format: robustfeat/shifts/ood_pairs.yaml)",
+    options = (Option("pairs", "YAML file adding out-of-distribution sets (format: robustfeat/evaluations/ood_pairs.yaml)",
                       metavar="FILE", check=read_pairs),)
     headlines = (Headline("ood_acc", "mean OOD acc", "accuracy", True, "mean accuracy over the out-of-domain sets",
                           "robustness", shift="mean-ood", bounds=FRACTION),)

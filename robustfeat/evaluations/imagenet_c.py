@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-from robustfeat.metrics.corruption import COMMON, EXTRA, corruption_errors, mean_corruption_error
+from robustfeat.metrics.corruption_errors import COMMON, EXTRA, corruption_errors, mean_corruption_error
 from robustfeat.registry import CORRUPTIONS
 from robustfeat.shifts.cache import corrupted_images
-from robustfeat.shifts.clean import classification_rows
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.clean import classification_rows
+from robustfeat.evaluations.base import (
     FRACTION,
     Cell,
     EvalContext,

@@ -107,11 +107,7 @@ register_bank(Bank(
 
 
 def bank_for_family(family: str) -> Bank:
-    for _, bank in BANKS.items():
-        if bank.family == family:
-            return bank
-    from robustfeat.errors import RobustfeatError
+    """The family's default bank (robustfeat ls families); one clear error when it has none."""
+    from robustfeat.registry import FAMILIES
 
-    have = ", ".join(sorted({b.family for _, b in BANKS.items()}))
-    raise RobustfeatError(f"no bank is registered for {family} models (banks exist for: {have}); register one in "
-                          "robustfeat/shifts/banks.py or pass --bank")
+    return FAMILIES.get(family).default_bank()

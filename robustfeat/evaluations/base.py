@@ -103,7 +103,7 @@ class EvalOptions:
 @dataclass(frozen=True)
 class Option:
     """A user option of one evaluation: the flag ``--NAME`` (underscores as dashes) of
-    ``robustfeat evaluate``, the keyword ``NAME`` of :func:`robustfeat.shifts.runner.evaluate`
+    ``robustfeat evaluate``, the keyword ``NAME`` of :func:`robustfeat.evaluations.runner.evaluate`
     and the key ``NAME`` of a grid's ``evaluate:`` mapping. The value becomes the
     evaluation's parameter ``param`` (default: ``name``). ``check`` validates the value
     before anything runs (it raises a :class:`RobustfeatError` saying what is wrong)."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from robustfeat.metrics.drift import INTRUDER_THRESHOLDS, effective_rank, intruder_dimensions, linear_cka, relative_change
 from robustfeat.models.handle import ModelHandle
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.base import (
     FRACTION,
     Cell,
     EvalContext,

@@ -18,7 +18,7 @@ import numpy as np
 
 from robustfeat.data.table import Table
 from robustfeat.metrics import forgetting
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.base import (
     FRACTION,
     Cell,
     EvalContext,
@@ -31,7 +31,7 @@ from robustfeat.shifts.evaluation import (
     register_evaluation,
     require,
 )
-from robustfeat.shifts.forgetting import PretrainedHeadProbe
+from robustfeat.evaluations.probes import PretrainedHeadProbe
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 CROP_FRACTION = 0.875

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from robustfeat.metrics import agreement, forgetting, geometry_retention
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.base import (
     FRACTION,
     Cell,
     EvalContext,
@@ -86,19 +86,12 @@ class ImagenetAgreement(PretrainedHeadProbe):
                 metric_row("forgetting", 1.0 - top1, n, note="1 - top-1 agreement")]
 
 
-#: held-out probe tasks by family, in order of preference: (data, label column)
-DEFAULT_PROBES = {
-    "image-classifier": [("mnist-5k", "label"), ("digits", "label"), ("fashion-mnist", "label")],
-    "text-classifier": [("vader-sentiment", "domain"), ("news-text", "domain")],
-}
-
-
 def held_out(own: str, own_labels: list[str] | None, data: str, column: str) -> str | None:
     """Why the probe task (``data``, ``column``) is not held out from fine-tuning on ``own``
     (None when it is): it is the fine-tuning task, the task of one of its declared
     out-of-domain or near-domain sets, or a task with the same label set."""
     from robustfeat.registry import DATASETS
-    from robustfeat.shifts.domains import pairs_for
+    from robustfeat.evaluations.ood import pairs_for
 
     if data == own:
         return f"'{data}' is the fine-tuning data"
@@ -131,7 +124,10 @@ class LinearProbe(Evaluation):
             why = held_out(own, labels, data, column)
             require(why is None, f"linear-probe data '{data}' is not held out: {why}")
             return data, column
-        return next(((d, c) for d, c in DEFAULT_PROBES[ctx.family] if held_out(own, labels, d, c) is None), None)
+        from robustfeat.registry import FAMILIES
+
+        candidates = FAMILIES.get(ctx.family).probes  # the family's held-out tasks, in order of preference
+        return next(((d, c) for d, c in candidates if held_out(own, labels, d, c) is None), None)
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         p = self.probe(ctx)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from robustfeat.metrics import expected_calibration_error
-from robustfeat.shifts.evaluation import (
+from robustfeat.evaluations.base import (
     FRACTION,
     Cell,
     EvalContext,
