@@ -38,3 +38,12 @@ class CheckpointError(RobustfeatError):
 
 class BaseModelMismatchError(CheckpointError):
     """A checkpoint was trained on a different base model than the one given."""
+
+
+class DeviceError(RobustfeatError, ValueError):
+    """The device asked for does not exist here (no GPU, no such index, unsupported type)."""
+
+
+class TrainingError(RobustfeatError):
+    """Training cannot start or went wrong (diverged, bad output folder, ...), or a run
+    folder cannot be used (no run record, damaged, data changed since training)."""

@@ -56,13 +56,12 @@ def _finetune_stage(scenario: Scenario, method: str, out: Path) -> Stage:
     def run() -> None:
         from robustfeat.train import TrainConfig, finetune
 
+        from robustfeat.train.record import RUN_FILE, RunRecord
+
         config = TrainConfig(model=scenario.model, data=scenario.data, method=method, **scenario.train)
-        record = out / "robustfeat.json"
-        if record.is_file():
-            done = json.loads(record.read_text())
-            if done.get("config") == json.loads(json.dumps(config.to_dict())):
-                return  # finished with the same configuration: reuse it
-        finetune(config, out, overwrite=record.is_file(), progress=False)
+        if RunRecord.finished(out, config):
+            return  # finished with the same configuration: reuse it
+        finetune(config, out, overwrite=(out / RUN_FILE).is_file(), progress=False)
 
     return Stage(f"fine-tune {scenario.model} on {scenario.data} with {method}", scenario.finetune_s, run)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustfeat.train import TrainConfig, evaluate, finetune, load_run
+from robustfeat.train import TrainConfig, finetune, load_run, validation_score
 from robustfeat.train.loop import TrainingError
 from robustfeat.train.state import STATE_DIR
 from tests.models import write_image_folder
@@ -45,7 +45,7 @@ def test_checkpoint_reloads_to_the_same_score(tmp_path, model, data, method):
     assert record["validation"]["value"] == result.value and len(record["curve"]) == result.steps
     assert record["data"]["fingerprint"] and record["git_revision"] and record["versions"]["torch"]
     handle, data_bundle, _ = load_run(tmp_path / "run")
-    assert evaluate(handle, data_bundle["validation"])[1] == result.value  # exactly
+    assert validation_score(handle, data_bundle["validation"])[1] == result.value  # exactly
 
 
 def test_loss_falls_on_a_learnable_task(tmp_path):
@@ -164,7 +164,7 @@ def test_data_prepare_cli(tmp_path):
 
 
 def test_uses_a_gpu_when_present_and_cpu_otherwise():
-    from robustfeat.train.loop import pick_device
+    from robustfeat.environment import pick_device
 
     assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert pick_device("cpu").type == "cpu"
@@ -199,15 +199,15 @@ def test_out_of_disk_during_finetune_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_seed_range_and_missing_gpu():
-    from robustfeat.errors import ConfigError
-    from robustfeat.train.loop import pick_device
+    from robustfeat.environment import pick_device
+    from robustfeat.errors import ConfigError, DeviceError
 
     with pytest.raises(ConfigError, match="seed"):
         cfg(seed=-1)
     if not torch.cuda.is_available():  # on a GPU machine the device exists: nothing to refuse
-        with pytest.raises(TrainingError, match="no CUDA GPU"):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
             pick_device("cuda")
-    with pytest.raises(TrainingError, match="not supported"):
+    with pytest.raises(DeviceError, match="not supported"):
         pick_device("meta")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustfeat.train import TrainConfig, evaluate, finetune, load_run
+from robustfeat.train import TrainConfig, finetune, load_run, validation_score
 from robustfeat.train.loop import build
 
 pytestmark = [pytest.mark.real_model, pytest.mark.real_data]
@@ -36,4 +36,4 @@ def test_real_model_fine_tunes(tmp_path, family, method):
     handle, data2, record = load_run(tmp_path / "run", device="cpu")
     after = train_loss(handle, data2["train"])
     assert after < before, f"training loss did not fall: {before:.4f} -> {after:.4f}"
-    assert evaluate(handle, data2["validation"])[1] == result.value == record["validation"]["value"]
+    assert validation_score(handle, data2["validation"])[1] == result.value == record["validation"]["value"]

@@ -10,7 +10,6 @@ fingerprint differs.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -22,12 +21,14 @@ import torch
 from torch import nn
 
 from robustfeat.adapters.config import AdapterConfig
+from robustfeat.adapters.identity import fingerprint, structure
 from robustfeat.adapters.model import (
     adapter_state,
     has_adapters,
     inject_adapters,
     remove_adapters,
 )
+from robustfeat.environment import library_versions
 from robustfeat.errors import BaseModelMismatchError, CheckpointError, RobustfeatError
 
 CONFIG_NAME = "adapter_config.json"
@@ -35,41 +36,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "robustfeat.adapter"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar"}
-
-
-# --- fingerprint ----------------------------------------------------------------------
-def fingerprint(model: nn.Module, exclude: tuple[str, ...] = ()) -> str:
-    """SHA-256 of the model's parameters and persistent buffers (names under ``exclude``
-    left out), in name order. Two models share it iff they hold the same weights."""
-    h = hashlib.sha256()
-    for name, t in sorted(_base_tensors(model).items()):
-        if any(name == p or name.startswith(p + ".") for p in exclude):
-            continue
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        data = t.detach().to("cpu").contiguous().reshape(-1)
-        if data.numel():
-            h.update(data.view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
-def structure(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Weight-independent facts of the base: a hash of names and shapes, and the dtypes, so
-    that a refused base can be told apart as another architecture or another dtype."""
-    h = hashlib.sha256()
-    dtypes = set()
-    for name, t in sorted(_base_tensors(model).items()):
-        if any(name == p or name.startswith(p + ".") for p in exclude):
-            continue
-        h.update(f"{name}|{tuple(t.shape)}\n".encode())
-        dtypes.add(str(t.dtype).replace("torch.", ""))
-    return {"shapes": h.hexdigest()[:16], "dtypes": sorted(dtypes)}
-
-
-def _base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    persistent = set(model.state_dict(keep_vars=True))
-    out = dict(model.named_parameters())
-    out.update({n: b for n, b in model.named_buffers() if n in persistent and b is not None})
-    return out
 
 
 # --- what a checkpoint stores ---------------------------------------------------------
@@ -92,20 +58,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if name in persistent and b is not None and b.numel():
             tensors[name] = b
     return tensors
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    from robustfeat import __version__
-
-    out = {"robustfeat": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for lib in ("transformers", "peft", "safetensors"):
-        try:
-            out[lib] = __import__(lib).__version__
-        except ImportError:
-            pass
-    return out
 
 
 def _base_id(model: nn.Module, base_id: str | None) -> str:
@@ -163,7 +115,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, *, base_id: str | N
             **state.base_structure,
         },
         "tensors": sorted(tensors),
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from torch import nn
 
 from robustfeat.adapters.base import AdapterMethod, LayerHandle
 from robustfeat.adapters.config import AdapterConfig
+from robustfeat.adapters.identity import fingerprint, structure
 from robustfeat.adapters.layers import LayerInfo
 from robustfeat.adapters.targeting import find_targets, resolve_modules, set_submodule
 from robustfeat.errors import RobustfeatError, UnsupportedError
@@ -57,7 +58,6 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     Returns the same model object. ``modules_to_save`` stay trainable. Nothing is
     changed if any check fails.
     """
-    from robustfeat.adapters.checkpoint import fingerprint, structure  # checkpoint imports this module
 
     if not isinstance(config, AdapterConfig):
         raise RobustfeatError(f"config must be an AdapterConfig, got {type(config).__name__}")

@@ -36,6 +36,7 @@ from robustfeat.data.table import Table
 from robustfeat.errors import RobustfeatError
 from robustfeat.locks import locked
 from robustfeat.metrics import bootstrap_ci
+from robustfeat.evaluations.subject import Subject
 from robustfeat.models.handle import ModelHandle
 from robustfeat.registry import EVALUATIONS
 
@@ -179,11 +180,11 @@ class BasePool:
 
 @dataclass
 class EvalContext:
-    """One checkpoint under evaluation."""
+    """One checkpoint under evaluation: its :class:`~robustfeat.evaluations.subject.Subject`
+    (the fine-tuned model, the base it came from, its data and identity), the run-wide
+    options, and a cache of base-model outputs in the results folder."""
 
-    path: Path
-    record: dict[str, Any]
-    run_id: str
+    subject: Subject
     options: EvalOptions
     base_dir: Path  # where base-model outputs are cached (inside the results folder)
     pool: BasePool
@@ -218,9 +219,7 @@ class EvalContext:
     # --- the fine-tuned model --------------------------------------------------------------
     def _load(self) -> tuple:
         if self._loaded is None:
-            from robustfeat.train.loop import load_run
-
-            handle, data, _ = load_run(self.path, device=self.options.device, progress=False)
+            handle, data = self.subject.load(self.options.device)
             handle.model.eval()
             self._loaded = (handle, data)
         return self._loaded
@@ -234,36 +233,24 @@ class EvalContext:
         return self._load()[1]
 
     @property
+    def run_id(self) -> str:
+        return self.subject.id
+
+    @property
     def family(self) -> str:
-        return self.record["model"]["family"]
+        return self.subject.family
 
     @property
     def method(self) -> str:
-        return self.record["config"]["method"]
+        return self.subject.method
 
     # --- the base model --------------------------------------------------------------------
     @property
     def base_key(self) -> str:
-        """Identifies the base: model, its pretrained fingerprint, and the load options that
-        shape its inputs (image size, max length)."""
-        cfg = self.record["config"]
-        fp = _base_fingerprint(self.path)
-        parts = [cfg["model"], fp, str(cfg.get("image_size")), str(cfg.get("max_length")), str(cfg["seed"])]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return self.subject.base_key
 
     def base(self) -> ModelHandle:
-        from robustfeat.models.zoo import load_model
-        from robustfeat.train.loop import pick_device
-
-        cfg = self.record["config"]
-        labels = self.record["data"].get("label_names") or []
-
-        def load() -> ModelHandle:
-            return load_model(cfg["model"], num_labels=max(len(labels), 2), seed=cfg["seed"],
-                              max_length=cfg.get("max_length") or 128, image_size=cfg.get("image_size"),
-                              device=pick_device(self.options.device))
-
-        return self.pool.get(self.base_key, load)
+        return self.pool.get(self.base_key, lambda: self.subject.load_base(self.options.device))
 
     def base_cached(self, name: str, parts: list[Any], compute: Callable[[ModelHandle], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Base-model outputs for ``name`` on the inputs described by ``parts``, computed once
@@ -283,15 +270,6 @@ class EvalContext:
             np.savez(tmp, **out)
             os.replace(tmp, path)
             return out
-
-
-def _base_fingerprint(path: Path) -> str:
-    from robustfeat.adapters.checkpoint import CONFIG_NAME
-
-    try:
-        return json.loads((path / CONFIG_NAME).read_text())["base_model"]["fingerprint"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        return "unknown"
 
 
 class Evaluation:

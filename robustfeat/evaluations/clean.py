@@ -42,9 +42,9 @@ class Clean(Evaluation):
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
         table = subsample(ctx.data["test"], self.params.get("examples"), ctx.options.seed)
         if ctx.family == "causal-lm":
-            from robustfeat.train.loop import evaluate
+            from robustfeat.train.loop import validation_score
 
-            _, ppl, n = evaluate(ctx.handle, table, ctx.options.batch_size)
+            _, ppl, n = validation_score(ctx.handle, table, ctx.options.batch_size)
             return [metric_row("perplexity", ppl, n)]
         return classification_rows(ctx, table, cell)
 

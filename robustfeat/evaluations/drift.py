@@ -13,7 +13,6 @@ default targets name, so every method of a model is compared on the same layers.
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 
 import numpy as np
@@ -42,9 +41,7 @@ def drift_layers(ctx: EvalContext) -> list[str]:
     """The checkpoint's adapted layers, or the model's default targets for methods that
     have none."""
     if "drift_layers" not in ctx.memo:
-        from robustfeat.adapters.checkpoint import CONFIG_NAME
-
-        targets = json.loads((ctx.path / CONFIG_NAME).read_text()).get("targets") or []
+        targets = ctx.subject.targets
         if not targets:
             from robustfeat.adapters.config import AdapterConfig
             from robustfeat.adapters.targeting import find_targets

@@ -120,7 +120,7 @@ class OutOfDomain(Evaluation):
                           "robustness", shift="mean-ood", bounds=FRACTION),)
 
     def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
-        return {s.name: s for s in pairs_for(ctx.record["data"]["name"], self.params.get("pairs"))}
+        return {s.name: s for s in pairs_for(ctx.subject.data_name, self.params.get("pairs"))}
 
     def cells(self, ctx: EvalContext) -> list[Cell]:
         return [Cell(self.name, name) for name in self.sets(ctx)]
@@ -148,7 +148,7 @@ class OutOfDomain(Evaluation):
         notes = []
         if s.dedup:
             require(own.input_column == "text", f"OOD set '{s.name}': dedup applies to text data only")
-            full = load_dataset(ctx.record["config"]["data"], seed=ctx.options.seed, progress=False)
+            full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
             ref = loose_keys(t for n in full.splits for t in full[n]["text"])  # all of it, not the trimmed copy
             dup = loose_matches(table["text"], ref)
             notes.append(f"deduplicated against {own.name}: dropped {int(dup.sum())} of {len(table)}")

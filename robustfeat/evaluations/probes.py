@@ -118,7 +118,7 @@ class LinearProbe(Evaluation):
                           bounds=(-1.0, 1.0)),)
 
     def probe(self, ctx: EvalContext) -> tuple[str, str] | None:
-        own, labels = ctx.record["data"]["name"], ctx.record["data"].get("label_names")
+        own, labels = ctx.subject.data_name, ctx.subject.label_names
         if self.params.get("data"):
             data, column = self.params["data"], self.params.get("label", "label")
             why = held_out(own, labels, data, column)
@@ -144,7 +144,7 @@ class LinearProbe(Evaluation):
         if "text" in splits["train"] and ctx.data.input_column == "text":
             from robustfeat.data.dedup import loose_keys, loose_matches
 
-            full = load_dataset(ctx.record["config"]["data"], seed=ctx.options.seed, progress=False)
+            full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
             ref = loose_keys(t for n in full.splits for t in full[n]["text"])
             dropped = total = 0
             for k, t in splits.items():
@@ -247,9 +247,9 @@ class Perplexity(GenericTextProbe):
                           "forgetting"),)
 
     def measure(self, handle, table, batch_size):
-        from robustfeat.train.loop import evaluate
+        from robustfeat.train.loop import validation_score
 
-        return {"ppl": np.array(evaluate(handle, table, batch_size)[1])}
+        return {"ppl": np.array(validation_score(handle, table, batch_size)[1])}
 
     def compare(self, base, tuned, n):
         b, t = float(base["ppl"]), float(tuned["ppl"])

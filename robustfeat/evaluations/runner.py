@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
-import hashlib
 import logging
 import os
 import time
@@ -20,36 +19,17 @@ from typing import Any
 from robustfeat.errors import UnknownNameError
 from robustfeat.locks import locked
 from robustfeat.registry import BANKS, CORRUPTIONS, EVALUATIONS
-from robustfeat.results import ResultsStore, safe_name
+from robustfeat.results import ResultsStore
 from robustfeat.evaluations.banks import Bank, bank_for_family
 from robustfeat.evaluations.base import BasePool, EvalContext, EvalOptions, EvaluationError
+from robustfeat.evaluations.subject import RunSubject, Subject
 
 log = logging.getLogger(__name__)
 
 
-def run_id(path: Path, record: dict[str, Any]) -> str:
-    """The checkpoint's name in the results: its folder name and a digest of its config
-    and weights (two different checkpoints never share an id)."""
-    from robustfeat.adapters.checkpoint import WEIGHTS_NAME
-    from robustfeat.data.cache import sha256_file
-
-    h = hashlib.sha256(record.get("config_digest", "").encode())
-    h.update(sha256_file(path / WEIGHTS_NAME).encode())
-    return f"{safe_name(path.name)}-{h.hexdigest()[:8]}"
-
-
-def _read(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    from robustfeat.train.loop import read_run
-
-    p = Path(path).expanduser().absolute()
-    if not p.is_dir():
-        raise EvaluationError(f"'{path}' is not a checkpoint folder (it {'is a file' if p.exists() else 'does not exist'}); "
-                              "pass a folder written by `robustfeat finetune`")
-    from robustfeat.adapters.checkpoint import read_checkpoint
-
-    record = read_run(p)
-    read_checkpoint(p)  # weights present, safe (never a pickle), complete and finite, before any work
-    return p, record
+def read_subject(path: str | os.PathLike) -> Subject:
+    """The checkpoint at ``path`` as a subject of evaluation (validated before any work)."""
+    return RunSubject(path)
 
 
 def choose_bank(name: str | None, families: set[str]) -> Bank:
@@ -66,43 +46,30 @@ def choose_bank(name: str | None, families: set[str]) -> Bank:
     return bank_for_family(next(iter(families)))
 
 
-def reference_facts(record: dict[str, Any]) -> dict[str, Any]:
-    """What a CE reference must share with the checkpoint it normalises: the model, the data
-    (its fingerprint), the image size and the test examples kept (the evaluated subsample)."""
-    cfg = record["config"]
-    return {"model": cfg["model"], "data": record["data"]["name"], "data fingerprint": record["data"]["fingerprint"],
-            "image size": record["model"].get("image_size") or cfg.get("image_size"),
-            "test examples kept (max_eval_examples)": cfg.get("max_eval_examples")}
+def reference_mismatch(subject: Subject, reference: Subject) -> list[str]:
+    """What differs between a checkpoint and a would-be CE reference (nothing: it may serve)."""
+    a, b = subject.reference_facts(), reference.reference_facts()
+    return [f"{k} {a[k]} vs {b.get(k)}" for k in a if a[k] != b.get(k)]
 
 
-def reference_mismatch(record: dict[str, Any], ref: dict[str, Any]) -> list[str]:
-    a, b = reference_facts(record), reference_facts(ref)
-    return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
-
-
-def pick_reference(entries: list[tuple[Path, dict, str]], explicit: str | None) -> dict[str, str]:
-    """Each checkpoint's CE reference: ``explicit`` (a checkpoint path) when given, else a
-    ``linear`` checkpoint (frozen base + trained head) of the same model, data, image size and
-    test subsample. An explicit reference that differs from a checkpoint in any of these is
-    refused; the default pick never mixes them."""
-    refs: dict[str, str] = {}
+def pick_reference(subjects: list[Subject], explicit: Subject | None) -> dict[str, str]:
+    """Each checkpoint's CE reference: ``explicit`` when given, else a ``linear`` checkpoint
+    (frozen base + trained head) of the same model, data, image size and test subsample. An
+    explicit reference that differs from a checkpoint in any of these is refused; the default
+    pick never mixes them."""
     if explicit is not None:
-        p = Path(explicit).expanduser().absolute()
-        match = [(rec, rid) for path, rec, rid in entries if path == p]
-        if not match:
-            raise EvaluationError(f"--reference '{explicit}' must be one of the checkpoints being evaluated")
-        ref_rec, ref_id = match[0]
-        for path, rec, rid in entries:
-            diff = reference_mismatch(rec, ref_rec)
+        for s in subjects:
+            diff = reference_mismatch(s, explicit)
             if diff:
-                raise EvaluationError(f"--reference '{explicit}' cannot normalise the corruption errors of "
-                                      f"'{path}': they differ in {'; '.join(diff)} (a reference must share model, "
+                raise EvaluationError(f"--reference '{explicit.path}' cannot normalise the corruption errors of "
+                                      f"'{s.path}': they differ in {'; '.join(diff)} (a reference must share model, "
                                       "data, image size and test examples)")
-        return {rid: ref_id for _, _, rid in entries}
-    for _, rec, rid in entries:
-        for _, other, oid in entries:
-            if other["config"]["method"] == "linear" and not reference_mismatch(rec, other):
-                refs[rid] = oid
+        return {s.id: explicit.id for s in subjects}
+    refs: dict[str, str] = {}
+    for s in subjects:
+        for other in subjects:
+            if other.method == "linear" and not reference_mismatch(s, other):
+                refs[s.id] = other.id
                 break
     return refs
 
@@ -123,16 +90,16 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     if batch_size < 1:
         raise EvaluationError(f"batch size must be positive, got {batch_size}")
     overrides = option_overrides(options)  # unknown options and bad values fail before anything is read
-    entries = []
-    for c in dict.fromkeys(map(str, checkpoints)):
-        path, record = _read(c)
-        entries.append((path, record, run_id(path, record)))
-    chosen = choose_bank(bank, {rec["model"]["family"] for _, rec, _ in entries})
+    subjects = [read_subject(c) for c in dict.fromkeys(map(str, checkpoints))]
+    chosen = choose_bank(bank, {s.family for s in subjects})
     require_in_bank(overrides, {e.evaluation for e in chosen.entries}, chosen.name)
-    if reference is not None and Path(reference).expanduser().absolute() not in [p for p, _, _ in entries]:
-        path, record = _read(reference)
-        entries.append((path, record, run_id(path, record)))
-    refs = pick_reference(entries, reference)
+    ref = None
+    if reference is not None:
+        ref = next((s for s in subjects if s.path == Path(reference).expanduser().absolute()), None)
+        if ref is None:  # evaluated too, so that its errors are there to divide by
+            ref = read_subject(reference)
+            subjects.append(ref)
+    refs = pick_reference(subjects, ref)
     tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
     store = ResultsStore(out, tag)
     run_options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress)
@@ -141,9 +108,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     pool = BasePool()
     store.update(provenance=_provenance(chosen, tag, quick, seed))
     plans = []
-    for i, (path, record, rid) in enumerate(entries):
-        ctx = EvalContext(path=path, record=record, run_id=rid, options=run_options, base_dir=store.root / "base",
-                          pool=pool)
+    for i, subject in enumerate(subjects):
+        ctx = EvalContext(subject=subject, options=run_options, base_dir=store.root / "base", pool=pool)
         plan = [(name, ev, ev.select(ev.cells(ctx), wanted)) for name, ev in evaluations if ctx.family in ev.families]
         if i == 0 and wanted:
             _check_shifts(wanted, plan)
@@ -152,13 +118,13 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     # one overall bar over every cell of every checkpoint, its ETA from the start
     total = sum(len(cells) for _, plan in plans for _, _, cells in plan)
     finished = sum(store.done(ctx.run_id, c) for ctx, plan in plans for _, _, cells in plan for c in cells)
-    bar = tqdm(total=total, initial=finished, desc=f"evaluate {len(entries)} checkpoint{'s' if len(entries) != 1 else ''}",
+    bar = tqdm(total=total, initial=finished, desc=f"evaluate {len(subjects)} checkpoint{'s' if len(subjects) != 1 else ''}",
                unit="cell", disable=not progress or not total, dynamic_ncols=True, position=0)
     try:
         for ctx, plan in plans:
             rid = ctx.run_id
             with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
-                store.update(checkpoints={rid: _checkpoint_info(ctx.path, ctx.record, refs.get(rid))})
+                store.update(checkpoints={rid: {**ctx.subject.provenance(), "reference": refs.get(rid)}})
                 for name, ev, cells in plan:
                     for cell in [c for c in cells if not store.done(rid, c)]:
                         shift = f"{cell.shift} s{cell.severity}" if cell.severity else cell.shift
@@ -188,25 +154,10 @@ def _check_shifts(wanted: set[str], plan) -> None:
         raise EvaluationError(f"--shifts {','.join(sorted(wanted))} selects no cell of this bank for the first checkpoint")
 
 
-def _checkpoint_info(path: Path, record: dict[str, Any], reference: str | None) -> dict[str, Any]:
-    from robustfeat.adapters.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-    from robustfeat.data.cache import sha256_file
-    import json
-
-    cfg = json.loads((path / CONFIG_NAME).read_text())
-    return {"path": str(path), "method": record["config"]["method"], "model": record["config"]["model"],
-            "data": record["data"]["name"], "seed": record["seed"], "config_digest": record.get("config_digest"),
-            "weights_sha256": sha256_file(path / WEIGHTS_NAME), "base_fingerprint": cfg["base_model"]["fingerprint"],
-            "data_fingerprint": record["data"]["fingerprint"], "validation": record.get("validation"),
-            "reference": reference, "trained_with": {"git_revision": record.get("git_revision"),
-                                                      "versions": record.get("versions")}}
-
-
 def _provenance(bank: Bank, tag: str, quick: bool, seed: int) -> dict[str, Any]:
-    from robustfeat.adapters.checkpoint import _versions
-    from robustfeat.train.loop import git_revision
+    from robustfeat.environment import git_revision, library_versions
 
-    return {"bank": tag, "bank_version": bank.version, "quick": quick, "seed": seed, "versions": _versions(), "git_revision": git_revision(),
+    return {"bank": tag, "bank_version": bank.version, "quick": quick, "seed": seed, "versions": library_versions(), "git_revision": git_revision(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "evaluations": {e.evaluation: {**e.params, **(e.quick if quick else {})} for e in bank.entries},
             "mce": "CE_c = sum_s E_sc / sum_s E_sc(ref), mCE = mean_c CE_c; relative uses E_sc - E_clean; the "

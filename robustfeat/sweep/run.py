@@ -62,10 +62,11 @@ def _run(spec: CellSpec, out: str | os.PathLike) -> dict[str, Any]:
     _write_json(root / "cell.json", {"key": spec.key, "name": spec.name, "label": spec.label, "train": spec.train,
                                      "evaluate": spec.evaluate, "varied": spec.varied})
     ckpt, results = root / "checkpoint", root / "results"
+    from robustfeat.train.record import RUN_FILE, RunRecord
+
     config = TrainConfig.from_dict(spec.train)
-    record = ckpt / "robustfeat.json"
-    if not (record.is_file() and json.loads(record.read_text()).get("config") == spec.train):
-        finetune(config, ckpt, overwrite=record.is_file(), progress=False)
+    if not RunRecord.finished(ckpt, config):
+        finetune(config, ckpt, overwrite=(ckpt / RUN_FILE).is_file(), progress=False)
     opts = dict(spec.evaluate)
     shifts = opts.pop("shifts", None)
     evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False, **opts)

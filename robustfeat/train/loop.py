@@ -14,7 +14,6 @@ import math
 import os
 import resource
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,23 +24,19 @@ import numpy as np
 import torch
 
 from robustfeat.adapters import AdapterConfig, adapter_state_dict, count_trainable, inject_adapters, save_adapters
-from robustfeat.adapters.checkpoint import CONFIG_NAME, _versions
+from robustfeat.adapters.checkpoint import CONFIG_NAME
+from robustfeat.environment import git_revision, library_versions, pick_device
 from robustfeat.data.api import DatasetBundle, load_dataset
 from robustfeat.data.table import Table
-from robustfeat.errors import RobustfeatError
+from robustfeat.errors import RobustfeatError, TrainingError
 from robustfeat.models.handle import ModelHandle
 from robustfeat.models.zoo import load_model
 from robustfeat.registry import ADAPTERS
 from robustfeat.train.config import TrainConfig
+from robustfeat.train.record import RUN_FILE, RUN_FORMAT, RunRecord
 from robustfeat.train.state import STATE_DIR, clear_state, load_state, read_meta, save_state
 
 log = logging.getLogger(__name__)
-RUN_FILE = "robustfeat.json"
-RUN_FORMAT = "robustfeat.run"
-
-class TrainingError(RobustfeatError):
-    """Training cannot start or went wrong (diverged, bad output folder, ...)."""
-
 
 @dataclass
 class RunResult:
@@ -53,38 +48,21 @@ class RunResult:
     record: dict[str, Any]
 
 
-def pick_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise TrainingError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise TrainingError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {device} was asked for, but no CUDA GPU is available here; use cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise TrainingError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return dev
-
-
 def finished_run(out: Path, config: TrainConfig) -> RunResult | None:
     """The finished run in ``out`` if it was made from exactly ``config`` (with intact
     weights), else None: rerunning a finished command is a no-op, not an error."""
     try:
-        record = read_run(out)
+        record = RunRecord.read(out)
         from robustfeat.adapters.checkpoint import read_checkpoint
 
         read_checkpoint(out)
     except RobustfeatError:
         return None
-    if record.get("config") != json.loads(json.dumps(config.to_dict())):
+    if not record.matches(config):
         return None
-    val = record.get("validation") or {}
-    return RunResult(out, val.get("metric", ""), float(val.get("value", float("nan"))), int(record.get("steps", 0)),
-                     int(record.get("steps", 0)), record)
+    val = record.validation
+    return RunResult(out, val.get("metric", ""), float(val.get("value", float("nan"))), record.steps, record.steps,
+                     record.raw)
 
 
 def check_output(out: Path, digest: str, overwrite: bool) -> bool:
@@ -109,19 +87,6 @@ def check_output(out: Path, digest: str, overwrite: bool) -> bool:
     if any(p for p in out.iterdir() if not p.name.startswith(STATE_DIR)):
         raise TrainingError(f"'{out}' is a non-empty folder that is not a robustfeat run; choose another --out")
     return False
-
-
-def git_revision() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if rev.returncode != 0:
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def train_mode(model: torch.nn.Module) -> None:
@@ -152,7 +117,7 @@ def lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(handle: ModelHandle, table: Table, batch_size: int = 64) -> tuple[str, float, int]:
+def validation_score(handle: ModelHandle, table: Table, batch_size: int = 64) -> tuple[str, float, int]:
     """The family's validation metric on ``table``: (name, value, examples)."""
     modes = {m: m.training for m in handle.model.modules()}
     handle.model.eval()
@@ -309,7 +274,7 @@ def _finetune(config: TrainConfig, out: Path, device: str | None, overwrite: boo
             raise KeyboardInterrupt(f"stopped after step {step} (stop_after)")
     bar.close()
     train_time = elapsed + time.perf_counter() - t0
-    metric, value, n_val = evaluate(handle, data["validation"])
+    metric, value, n_val = validation_score(handle, data["validation"])
     record = {
         "format": RUN_FORMAT,
         "format_version": 1,
@@ -330,7 +295,7 @@ def _finetune(config: TrainConfig, out: Path, device: str | None, overwrite: boo
         "validation": {"metric": metric, "value": value, "examples": n_val},
         "train_time_s": round(train_time, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "versions": _versions(),
+        "versions": library_versions(),
         "git_revision": git_revision(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -356,32 +321,12 @@ def _write_final(model: torch.nn.Module, out: Path, record: dict[str, Any], base
 
 
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_dir():
-        raise TrainingError(f"'{path}' is not a run folder (it {'is a file' if path.exists() else 'does not exist'}); "
-                            "pass a folder written by robustfeat finetune")
-    try:
-        record = json.loads((path / RUN_FILE).read_text())
-    except FileNotFoundError:
-        raise TrainingError(f"'{path}' has no {RUN_FILE}; it is not a finished robustfeat run") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TrainingError(f"'{path / RUN_FILE}' is damaged ({e})") from None
-    if record.get("format") != RUN_FORMAT:
-        raise TrainingError(f"'{path / RUN_FILE}' is not a robustfeat run record")
-    return record
+    """The run record of ``path`` as a dictionary (validated); see :class:`RunRecord`."""
+    return RunRecord.read(path).raw
 
 
 def load_run(path: str | os.PathLike, device: str | None = None, progress: bool = False) -> tuple[ModelHandle, DatasetBundle, dict[str, Any]]:
-    """Rebuild a finished run: the base model with its adapters loaded, and its data."""
-    from robustfeat.adapters import load_adapters, remove_adapters
-
-    record = read_run(path)
-    config = TrainConfig.from_dict(record["config"])
-    dev = pick_device(device)
-    handle, data, _ = build(config, dev, progress)
-    remove_adapters(handle.model)  # build() injected fresh ones; load the trained ones instead
-    load_adapters(handle.model, path)
-    if data.fingerprint != record["data"]["fingerprint"]:
-        raise TrainingError(f"the data of '{path}' changed since training (fingerprint differs); "
-                            f"run `robustfeat data prepare {config.data} --force` or retrain")
-    return handle, data, record
+    """Rebuild a finished run: the base model with its adapters loaded, its data, and the record."""
+    record = RunRecord.read(path)
+    handle, data = record.rebuild(device, progress)
+    return handle, data, record.raw

@@ -1,0 +1,151 @@
+"""What an evaluation evaluates: a :class:`Subject`, the fine-tuned model together with the
+base it came from, its data, its identity and its fingerprints. Evaluations see only this
+interface, never a folder layout, so new kinds of checkpoint (made by other tools) are new
+subclasses here and no evaluation changes. :class:`RunSubject` is a folder written by
+``robustfeat finetune``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from robustfeat.errors import RobustfeatError
+
+
+class Subject:
+    """One checkpoint under evaluation. Subclasses fill in the identity and the loaders."""
+
+    #: where it lives (shown in provenance)
+    path: Path
+
+    # --- identity ---------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Its name in results: stable for the same weights and configuration, distinct otherwise."""
+        raise NotImplementedError
+
+    method: str
+    model: str  # the model as asked for (zoo name, folder, hf:ID)
+    family: str
+    data: str  # the data as asked for (dataset name or file)
+    data_name: str
+    data_fingerprint: str
+    label_names: list[str]
+    seed: int
+    base_fingerprint: str
+    weights_sha256: str
+    #: adapted layer paths ([] for methods without targets: full, linear)
+    targets: list[str]
+
+    def reference_facts(self) -> dict[str, Any]:
+        """What a CE reference must share with this subject to normalise its errors."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """Its entry in the results folder's ``results.json``."""
+        raise NotImplementedError
+
+    @property
+    def base_key(self) -> str:
+        """Identifies the base model and the load options that shape its inputs."""
+        raise NotImplementedError
+
+    # --- models --------------------------------------------------------------------------------
+    def load(self, device: str | None) -> tuple:
+        """(the fine-tuned model's handle, its data bundle)."""
+        raise NotImplementedError
+
+    def load_base(self, device: str | None):
+        """The base model's handle: the same pretrained weights without fine-tuning."""
+        raise NotImplementedError
+
+
+class RunSubject(Subject):
+    """A finished run folder of ``robustfeat finetune`` (checkpoint + ``robustfeat.json``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from robustfeat.adapters.checkpoint import read_checkpoint
+        from robustfeat.train.record import RunRecord
+
+        p = Path(path).expanduser().absolute()
+        if not p.is_dir():
+            raise RobustfeatError(f"'{path}' is not a checkpoint folder (it {'is a file' if p.exists() else 'does not exist'}); "
+                                  "pass a folder written by `robustfeat finetune`")
+        self.path = p
+        self.record = RunRecord.read(p)
+        read_checkpoint(p)  # weights present, safe (never a pickle), complete and finite, before any work
+
+    @cached_property
+    def _adapter_config(self) -> dict[str, Any]:
+        from robustfeat.adapters.checkpoint import CONFIG_NAME
+
+        try:
+            return json.loads((self.path / CONFIG_NAME).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    @cached_property
+    def weights_sha256(self) -> str:  # type: ignore[override]
+        from robustfeat.adapters.checkpoint import WEIGHTS_NAME
+        from robustfeat.data.cache import sha256_file
+
+        return sha256_file(self.path / WEIGHTS_NAME)
+
+    @property
+    def id(self) -> str:
+        from robustfeat.results import safe_name
+
+        h = hashlib.sha256(self.record.config_digest.encode())
+        h.update(self.weights_sha256.encode())
+        return f"{safe_name(self.path.name)}-{h.hexdigest()[:8]}"
+
+    method = property(lambda self: self.record.method)  # type: ignore[assignment]
+    model = property(lambda self: self.record.model)  # type: ignore[assignment]
+    family = property(lambda self: self.record.family)  # type: ignore[assignment]
+    data = property(lambda self: self.record.data)  # type: ignore[assignment]
+    data_name = property(lambda self: self.record.data_name)  # type: ignore[assignment]
+    data_fingerprint = property(lambda self: self.record.data_fingerprint)  # type: ignore[assignment]
+    label_names = property(lambda self: self.record.label_names)  # type: ignore[assignment]
+    seed = property(lambda self: self.record.seed)  # type: ignore[assignment]
+
+    @property
+    def base_fingerprint(self) -> str:  # type: ignore[override]
+        return (self._adapter_config.get("base_model") or {}).get("fingerprint", "unknown")
+
+    @property
+    def targets(self) -> list[str]:  # type: ignore[override]
+        return list(self._adapter_config.get("targets") or [])
+
+    def reference_facts(self) -> dict[str, Any]:
+        r = self.record
+        return {"model": r.model, "data": r.data_name, "data fingerprint": r.data_fingerprint,
+                "image size": r.image_size, "test examples kept (max_eval_examples)": r.max_eval_examples}
+
+    def provenance(self) -> dict[str, Any]:
+        r = self.record
+        return {"path": str(self.path), "method": r.method, "model": r.model, "data": r.data_name, "seed": r.seed,
+                "config_digest": r.config_digest or None, "weights_sha256": self.weights_sha256,
+                "base_fingerprint": self.base_fingerprint, "data_fingerprint": r.data_fingerprint,
+                "validation": r.validation or None,
+                "trained_with": {"git_revision": r.git_revision, "versions": r.versions or None}}
+
+    @property
+    def base_key(self) -> str:
+        r = self.record
+        parts = [r.model, self.base_fingerprint, str(r.config_dict.get("image_size")), str(r.max_length), str(r.seed)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def load(self, device: str | None) -> tuple:
+        return self.record.rebuild(device, progress=False)
+
+    def load_base(self, device: str | None):
+        from robustfeat.environment import pick_device
+        from robustfeat.models.zoo import load_model
+
+        r = self.record
+        return load_model(r.model, num_labels=max(len(r.label_names), 2), seed=r.seed, max_length=r.max_length or 128,
+                          image_size=r.config_dict.get("image_size"), device=pick_device(device))
