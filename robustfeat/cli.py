@@ -140,13 +140,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from robustfeat.train import TrainConfig, finetune
 
-    fields = ("model", "data", "method", "rank", "alpha", "dropout", "epochs", "lr", "batch_size", "max_examples",
-              "max_eval_examples", "seed", "image_size", "max_length", "text_column", "checkpoint_every")
-    kw = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    from dataclasses import fields
+
+    given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig) if f.name != "targets"}
+    kw = {k: v for k, v in given.items() if v is not None and v is not False}  # unset: the config's default
     if args.targets:
         kw["targets"] = args.targets[0] if len(args.targets) == 1 and args.targets[0].startswith("all-") else args.targets
-    if args.shift:
-        kw["shift"] = True
     config = TrainConfig(**kw)
     result = finetune(config, args.out, device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
     rec = result.record
@@ -230,6 +229,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_flags(parser: argparse.ArgumentParser) -> None:
+    """``--rank``, ``--alpha``, ... generated from AdapterConfig's hyperparameter declarations
+    (light: no torch import)."""
+    from robustfeat.adapters.config import hyperparameters
+
+    for f in hyperparameters():
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.metadata["type"]
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=kind, help=f"{f.metadata['help']} (default {f.default:g})")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with usage errors as the one line every other error is."""
 
@@ -237,10 +250,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"robustfeat: error: {message} (see: {self.prog} --help)\n")
 
 
-def build_parser(with_evaluation_options: bool = False) -> argparse.ArgumentParser:
-    """The parser. ``evaluate``'s per-evaluation flags come from the registered evaluations,
-    which import torch; they are added only when asked (``main`` does so for ``evaluate``),
-    so that ``robustfeat --help`` stays instant."""
+def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
+    """The parser. Flags generated from declarations (``finetune``'s adapter hyperparameters,
+    ``evaluate``'s per-evaluation options) import torch, so they are added only for the
+    command being run (``main`` passes it), and ``robustfeat --help`` stays instant."""
     from robustfeat import __version__
 
     p = Parser(
@@ -273,10 +286,8 @@ def build_parser(with_evaluation_options: bool = False) -> argparse.ArgumentPars
     ft.add_argument("--data", required=True, help="dataset name (ls datasets), CSV/JSON file or image folder")
     ft.add_argument("--method", required=True, help="adapter method (ls adapters)")
     ft.add_argument("--targets", nargs="+", help="target module names, a regex, or all-linear / all-conv")
-    ft.add_argument("--rank", type=int, help="rank r (lora, lorfa, vera; default 8)")
-    ft.add_argument("--alpha", type=float, help="scale numerator, update times alpha/rank (default 16)")
-    ft.add_argument("--dropout", type=float, help="adapter dropout (default 0)")
-    ft.add_argument("--shift", action="store_true", help="vefa: also learn a shift")
+    if for_command == "finetune":
+        _adapter_flags(ft)
     ft.add_argument("--epochs", type=float, help="passes over the training data (default 1)")
     ft.add_argument("--lr", type=float, help="learning rate (default: the method's, see ls adapters)")
     ft.add_argument("--batch-size", type=int, help="examples per step (default 32)")
@@ -301,7 +312,7 @@ def build_parser(with_evaluation_options: bool = False) -> argparse.ArgumentPars
     ev.add_argument("--quick", action="store_true", help="the smoke-size bank (fewer corruptions and examples)")
     ev.add_argument("--reference", help="checkpoint used as the CE/mCE reference (default: a 'linear' checkpoint "
                                         "of the same model and data among those evaluated)")
-    if with_evaluation_options:  # generated from the evaluations' declarations (robustfeat ls options)
+    if for_command == "evaluate":  # generated from the evaluations' declarations (robustfeat ls options)
         from robustfeat.evaluations.base import all_options
 
         for name, (evaluation, o) in all_options().items():
@@ -343,7 +354,7 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(with_evaluation_options=_command(argv) == "evaluate")
+    parser = build_parser(for_command=_command(argv))
     args = parser.parse_args(argv)
     from robustfeat.errors import RobustfeatError
 

@@ -66,3 +66,35 @@ def test_ls_corruptions_lists_the_registry(capsys):
     assert main(["ls", "corruptions"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in CORRUPTIONS.names()) and "common 15" in out and "extra 4" in out
+
+
+def test_adapter_hyperparameters_are_declared_once():
+    """Every AdapterConfig hyperparameter is a TrainConfig field, a `finetune` flag and a grid
+    training field, validated as AdapterConfig validates it, and reaches the adapter config."""
+    import dataclasses
+
+    import pytest
+
+    from robustfeat.adapters.config import hyperparameters
+    from robustfeat.cli import build_parser
+    from robustfeat.errors import ConfigError
+    from robustfeat.sweep.grid import parse_grid
+    from robustfeat.train import TrainConfig
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    examples = {int: 3, float: 0.25, bool: True}
+    for f in hyperparameters():
+        kind = f.metadata["type"]
+        assert f.name in train_fields
+        flag = "--" + f.name.replace("_", "-")
+        argv = ["finetune", "--model", "m", "--data", "d", "--method", "x", "--out", "o", flag]
+        args = build_parser(for_command="finetune").parse_args(argv if kind is bool else [*argv, str(examples[kind])])
+        assert getattr(args, f.name) == examples[kind]
+        method = "vefa" if f.name == "shift" else "lora"
+        config = TrainConfig(model="tiny-bert", data="rotten-tomatoes", method=method, **{f.name: examples[kind]})
+        assert config.adapter_kwargs() == {f.name: examples[kind]}
+        grid = parse_grid({"models": ["tiny-bert"], "datasets": ["rotten-tomatoes"], "methods": [method], "seeds": [0],
+                           "train": {f.name: examples[kind]}})
+        assert grid.cells[0].train[f.name] == examples[kind]
+        with pytest.raises(ConfigError, match=f.name):
+            TrainConfig(model="tiny-bert", data="rotten-tomatoes", method=method, **{f.name: "bad"})

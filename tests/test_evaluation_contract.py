@@ -133,11 +133,11 @@ def test_options_round_trip_through_the_cli_and_the_grid(name):
 
     evaluation, option = all_options()[name]
     value = {str: "some-value", int: 3, float: 0.5}.get(option.type, "x")
-    args = build_parser(with_evaluation_options=True).parse_args(
+    args = build_parser(for_command="evaluate").parse_args(
         ["evaluate", "ckpt", "--out", "o", option.flag, str(value)])
     assert getattr(args, name) == value
     assert name in evaluate_keys()
-    assert option.flag in build_parser(with_evaluation_options=True)._subparsers._group_actions[0].choices[
+    assert option.flag in build_parser(for_command="evaluate")._subparsers._group_actions[0].choices[
         "evaluate"].format_help()
 
 

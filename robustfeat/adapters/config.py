@@ -20,6 +20,32 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+def _positive_int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _positive_number(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"{name} must be a positive finite number, got {v!r}")
+
+
+def _unit_interval(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {v!r}")
+
+
+def _boolean(name: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false, got {v!r}")
+
+
+def _hyper(text: str, default: Any, check, type_: type) -> Any:
+    """An adapter hyperparameter: declared here once; TrainConfig, the CLI's finetune flags
+    and the grid's training fields are generated from these declarations."""
+    return field(default=default, metadata={"help": text, "hyperparameter": True, "check": check, "type": type_})
+
+
 @dataclass(kw_only=True)
 class AdapterConfig:
     """How to fine-tune a model: which method, where, and with what hyper-parameters.
@@ -44,10 +70,10 @@ class AdapterConfig:
         "(typically a new classification head)",
         default_factory=list,
     )
-    rank: int = _help("rank r of the low-rank factors (lora, lorfa, vera)", default=8)
-    alpha: float = _help("scale numerator: the update is multiplied by alpha / rank", default=16.0)
-    dropout: float = _help("dropout on the adapter branch's input, in [0, 1)", default=0.0)
-    shift: bool = _help("vefa only: also learn a shift t, x -> lam * x + t", default=False)
+    rank: int = _hyper("rank r of the low-rank factors (lora, lorfa, vera)", 8, _positive_int, int)
+    alpha: float = _hyper("scale numerator: the update is multiplied by alpha / rank", 16.0, _positive_number, float)
+    dropout: float = _hyper("dropout on the adapter branch's input, in [0, 1)", 0.0, _unit_interval, float)
+    shift: bool = _hyper("vefa only: also learn a shift t, x -> lam * x + t", False, _boolean, bool)
     seed: int | None = _help(
         "seed for the adapters' random initialisation; None uses torch's global RNG",
         default=None,
@@ -63,18 +89,9 @@ class AdapterConfig:
             )
         method = ADAPTERS.get(self.method)  # raises with a "did you mean"
         self._check_types()
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ConfigError(f"rank must be a positive integer, got {self.rank!r}")
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not math.isfinite(self.alpha)
-            or self.alpha <= 0
-        ):
-            raise ConfigError(f"alpha must be a positive finite number, got {self.alpha!r}")
+        for f in hyperparameters():
+            check_hyperparameter(f.name, getattr(self, f.name))
         self.alpha = float(self.alpha)
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32
         ):
@@ -90,7 +107,7 @@ class AdapterConfig:
                 ) from None
         # A field the method ignores must stay at its default: no silent no-ops.
         defaults = {f.name: _default(f) for f in fields(self)}
-        for name in ("rank", "alpha", "dropout", "shift"):
+        for name in (f.name for f in hyperparameters()):
             if name not in method.options and getattr(self, name) != defaults[name]:
                 raise ConfigError(
                     f"'{name}' has no effect on method '{self.method}' "
@@ -116,8 +133,6 @@ class AdapterConfig:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{name} must be a list of module names, got {value!r}")
             setattr(self, name, list(value))
-        if not isinstance(self.shift, bool):
-            raise ConfigError(f"shift must be true or false, got {self.shift!r}")
 
     @property
     def scaling(self) -> float:
@@ -153,3 +168,17 @@ def _default(f: Any) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return None
+
+
+def hyperparameters() -> list[Any]:
+    """The adapter hyperparameters (dataclass fields of AdapterConfig), in declaration order."""
+    return [f for f in fields(AdapterConfig) if f.metadata.get("hyperparameter")]
+
+
+def check_hyperparameter(name: str, value: Any) -> None:
+    """One hyperparameter's value, validated as AdapterConfig does (one clear error)."""
+    f = next((f for f in hyperparameters() if f.name == name), None)
+    if f is None:
+        raise ConfigError(f"unknown adapter hyperparameter '{name}'; known: "
+                          f"{', '.join(h.name for h in hyperparameters())}")
+    f.metadata["check"](name, value)

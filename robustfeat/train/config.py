@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields, make_dataclass
 from typing import Any
 
 from robustfeat.errors import ConfigError
@@ -16,32 +16,49 @@ def _number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-@dataclass(kw_only=True)
-class TrainConfig:
-    model: str = field(metadata={"help": "zoo name, local transformers folder, hf:ID or torchvision:NAME"})
-    data: str = field(metadata={"help": "registered dataset name or a path (CSV/JSON, image folder)"})
-    method: str = field(metadata={"help": "adapter method (robustfeat ls adapters)"})
-    targets: list[str] | str | None = field(default=None, metadata={"help": "target_modules; default: the model's"})
-    # Adapter hyper-parameters: None means the AdapterConfig default; giving one that the
-    # method does not read is an error (AdapterConfig says which fields it reads).
-    rank: int | None = None
-    alpha: float | None = None
-    dropout: float | None = None
-    shift: bool = False
-    epochs: float = 1.0
-    lr: float | None = field(default=None, metadata={"help": "learning rate; default: the method's (ls adapters)"})
-    batch_size: int = 32
-    max_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
-    max_eval_examples: int | None = field(default=1000, metadata={"help": "cap on validation/test examples"})
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    seed: int = 0
-    image_size: int | None = field(default=None, metadata={"help": "image side in px; default: the model's native"})
-    max_length: int = 128
-    text_column: str | None = None
-    checkpoint_every: int = field(default=50, metadata={"help": "save resumable state every N steps"})
+#: The run's own fields; the adapter hyperparameters (rank, alpha, ...) come from AdapterConfig's
+#: declarations (robustfeat.adapters.config.hyperparameters), each "unset" (None, or False for a
+#: switch) unless given, which means AdapterConfig's default.
+_HEAD = [
+    ("model", str, field(metadata={"help": "zoo name, local transformers folder, hf:ID or torchvision:NAME"})),
+    ("data", str, field(metadata={"help": "registered dataset name or a path (CSV/JSON, image folder)"})),
+    ("method", str, field(metadata={"help": "adapter method (robustfeat ls adapters)"})),
+    ("targets", list[str] | str | None, field(default=None, metadata={"help": "target_modules; default: the model's"})),
+]
+_TAIL = [
+    ("epochs", float, field(default=1.0, metadata={"help": "passes over the training data"})),
+    ("lr", float | None, field(default=None, metadata={"help": "learning rate; default: the method's (ls adapters)"})),
+    ("batch_size", int, field(default=32, metadata={"help": "examples per step"})),
+    ("max_examples", int | None, field(default=None, metadata={"help": "cap on training examples"})),
+    ("max_eval_examples", int | None, field(default=1000, metadata={"help": "cap on validation/test examples"})),
+    ("weight_decay", float, field(default=0.0, metadata={"help": "AdamW weight decay"})),
+    ("warmup_ratio", float, field(default=0.06, metadata={"help": "share of the steps of linear warm-up"})),
+    ("seed", int, field(default=0, metadata={"help": "seed for data order, splits and init"})),
+    ("image_size", int | None, field(default=None, metadata={"help": "image side in px; default: the model's native"})),
+    ("max_length", int, field(default=128, metadata={"help": "max tokens per text"})),
+    ("text_column", str | None, field(default=None, metadata={"help": "text column of a CSV/JSON dataset"})),
+    ("checkpoint_every", int, field(default=50, metadata={"help": "save resumable state every N steps"})),
+]
+
+
+def _hyperparameter_fields() -> list[tuple[str, Any, Any]]:
+    from robustfeat.adapters.config import hyperparameters
+
+    out = []
+    for f in hyperparameters():
+        kind = f.metadata["type"]
+        unset = False if kind is bool else None
+        out.append((f.name, kind if kind is bool else kind | None,
+                    field(default=unset, metadata={"help": f.metadata["help"], "hyperparameter": True})))
+    return out
+
+
+class _TrainConfigMethods:
+    """Validation and (de)serialisation of :data:`TrainConfig`."""
 
     def __post_init__(self) -> None:
+        from robustfeat.adapters.config import check_hyperparameter, hyperparameters
+
         for name in ("model", "data", "method"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -62,14 +79,10 @@ class TrainConfig:
             raise ConfigError(f"warmup_ratio must be a number in [0, 1), got {self.warmup_ratio!r}")
         if not _number(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0):
-            raise ConfigError(f"rank must be a positive integer or unset, got {self.rank!r}")
-        if self.alpha is not None and (not _number(self.alpha) or self.alpha <= 0):
-            raise ConfigError(f"alpha must be a positive number or unset, got {self.alpha!r}")
-        if self.dropout is not None and (not _number(self.dropout) or not 0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"dropout must be a number in [0, 1) or unset, got {self.dropout!r}")
-        if not isinstance(self.shift, bool):
-            raise ConfigError(f"shift must be true or false, got {self.shift!r}")
+        for f in hyperparameters():  # validated as AdapterConfig validates them
+            v = getattr(self, f.name)
+            if v is not None:
+                check_hyperparameter(f.name, v)
         if self.text_column is not None and (not isinstance(self.text_column, str) or not self.text_column):
             raise ConfigError(f"text_column must be a column name or unset, got {self.text_column!r}")
         t = self.targets
@@ -79,11 +92,18 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
 
+    def adapter_kwargs(self) -> dict[str, Any]:
+        """The hyperparameters given (the others stay at AdapterConfig's defaults)."""
+        from robustfeat.adapters.config import hyperparameters
+
+        return {f.name: getattr(self, f.name) for f in hyperparameters()
+                if getattr(self, f.name) is not None and getattr(self, f.name) is not False}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any]):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -93,3 +113,12 @@ class TrainConfig:
     def digest(self) -> str:
         """Identifies the run: a resume must have the same digest."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Everything that determines a fine-tuning run (and so its checkpoint).
+TrainConfig = make_dataclass("TrainConfig", [*_HEAD, *_hyperparameter_fields(), *_TAIL], bases=(_TrainConfigMethods,),
+                             kw_only=True)
+TrainConfig.__module__ = __name__
+TrainConfig.__qualname__ = "TrainConfig"
+TrainConfig.__doc__ = ("Everything that determines a fine-tuning run (and so its checkpoint): the model, data and "
+                       "method, the adapter hyperparameters (declared in AdapterConfig), and the training fields.")

@@ -133,11 +133,7 @@ def validation_score(handle: ModelHandle, table: Table, batch_size: int = 64) ->
 
 
 def adapter_kwargs(config: TrainConfig) -> dict[str, Any]:
-    kw: dict[str, Any] = {name: getattr(config, name) for name in ("rank", "alpha", "dropout")
-                          if getattr(config, name) is not None}
-    if config.shift:
-        kw["shift"] = True
-    return kw
+    return config.adapter_kwargs()
 
 
 def preflight(config: TrainConfig) -> None:
