@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from robustfeat.models.tiny import StaticSamePadConv2d  # EfficientNet-style self-padding conv
 
 
 #: Where the tiny-model tests run; "cuda" on a GPU machine (CI is CPU-only).
@@ -35,21 +36,6 @@ class TinyMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.mid(torch.relu(self.up(x)))))
-
-
-class StaticSamePadConv2d(nn.Conv2d):
-    """An nn.Conv2d subclass that pads in its own forward, like EfficientNet-Lite's
-    ``Conv2dStaticSamePadding``: adapters must reuse its padding, not the parent's."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, image_size: int) -> None:
-        super().__init__(cin, cout, k, stride=stride, bias=False)
-        out = -(-image_size // stride)
-        pad = max((out - 1) * stride + k - image_size, 0)
-        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.static_padding(x)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class TinyCNN(nn.Module):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from robustfeat.adapters.config import AdapterConfig
-from robustfeat.adapters.identity import fingerprint, structure
+from robustfeat.adapters.identity import fingerprint, structure, under
 from robustfeat.adapters.model import (
     adapter_state,
     has_adapters,
@@ -232,12 +232,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_base: bool
     config = AdapterConfig.from_dict(meta["adapter"])
     base = meta["base_model"]
     if check_base:
-        from robustfeat.adapters.model import _under
-
         to_save = tuple(meta.get("modules_to_save", []))
         found = fingerprint(model, exclude=to_save)
         if found != base["fingerprint"]:
-            n = sum(p.numel() for n, p in model.named_parameters() if not _under(n, to_save))
+            n = sum(p.numel() for n, p in model.named_parameters() if not under(n, to_save))
             got = structure(model, exclude=to_save)
             if got["shapes"] == base.get("shapes") and got["dtypes"] != base.get("dtypes"):
                 why = (f"it has the same architecture but dtype {'/'.join(got['dtypes'])} instead of "

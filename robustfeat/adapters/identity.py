@@ -11,12 +11,17 @@ import torch
 from torch import nn
 
 
+def under(name: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether the parameter or module path ``name`` is one of ``prefixes`` or inside one."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def fingerprint(model: nn.Module, exclude: tuple[str, ...] = ()) -> str:
     """SHA-256 of the model's parameters and persistent buffers (names under ``exclude``
     left out), in name order. Two models share it iff they hold the same weights."""
     h = hashlib.sha256()
     for name, t in sorted(_base_tensors(model).items()):
-        if any(name == p or name.startswith(p + ".") for p in exclude):
+        if under(name, exclude):
             continue
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         data = t.detach().to("cpu").contiguous().reshape(-1)
@@ -31,7 +36,7 @@ def structure(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, Any]
     h = hashlib.sha256()
     dtypes = set()
     for name, t in sorted(_base_tensors(model).items()):
-        if any(name == p or name.startswith(p + ".") for p in exclude):
+        if under(name, exclude):
             continue
         h.update(f"{name}|{tuple(t.shape)}\n".encode())
         dtypes.add(str(t.dtype).replace("torch.", ""))

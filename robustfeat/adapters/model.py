@@ -12,7 +12,7 @@ from torch import nn
 
 from robustfeat.adapters.base import AdapterMethod, LayerHandle
 from robustfeat.adapters.config import AdapterConfig
-from robustfeat.adapters.identity import fingerprint, structure
+from robustfeat.adapters.identity import fingerprint, structure, under
 from robustfeat.adapters.layers import LayerInfo
 from robustfeat.adapters.targeting import find_targets, resolve_modules, set_submodule
 from robustfeat.errors import RobustfeatError, UnsupportedError
@@ -78,7 +78,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     exclude = tuple(to_save)
     digest = fingerprint(model, exclude=exclude)
     struct = structure(model, exclude=exclude)  # before wrapping renames the weights
-    n_base = sum(p.numel() for n, p in model.named_parameters() if not _under(n, exclude))
+    n_base = sum(p.numel() for n, p in model.named_parameters() if not under(n, exclude))
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     train_all = method.trainable_by_default()
     for p in model.parameters():
@@ -109,8 +109,6 @@ def _is_adapter_layer(m: nn.Module) -> bool:
     return isinstance(m, AdapterLayer) or type(m).__module__.startswith("peft.tuners")
 
 
-def _under(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def _handles(model: nn.Module) -> list[tuple[str, LayerHandle]]:
