@@ -217,13 +217,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from robustfeat.sweep import read_grid, sweep
 
     grid = read_grid(args.grid)
-    print(f"sweep {args.grid}: {len(grid.cells)} cells on the {args.backend} backend")
+    print(f"sweep {args.grid}: {len(grid.trials)} trials on the {args.backend} backend")
     info = sweep(grid, args.out, backend=args.backend, address=args.address, report=not args.no_report,
                  progress=not args.no_progress)
     labels = {r["results"]: r["label"] for r in info["records"]}
     table = headline_table(load_results(list(labels), labels).frame)
     print(format_table(*headline_rows(table, ("model", "data", "method", "seeds"))))
-    print(f"{info['ran']} cells run, {info['skipped']} already finished, in {info['wall_s']:.0f} s")
+    print(f"{info['ran']} trials run, {info['skipped']} already finished, in {info['wall_s']:.0f} s")
     if info["report"]:
         print(f"report: {info['report']}")
     return 0
@@ -331,7 +331,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     rp.add_argument("--title", help="report title (default: the models and datasets compared)")
     rp.set_defaults(func=cmd_report)
 
-    sw = sub.add_parser("sweep", help="fine-tune and evaluate every cell of a grid (resumable), then one report")
+    sw = sub.add_parser("sweep", help="fine-tune and evaluate every trial of a grid (resumable), then one report")
     sw.add_argument("grid", help="grid YAML file (models, datasets, methods, seeds, hyperparameters)")
     sw.add_argument("--out", required=True, help="sweep folder, on storage every node can reach for ray")
     sw.add_argument("--backend", default="local", help="local (default) or ray (robustfeat ls backends)")

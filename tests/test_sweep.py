@@ -1,4 +1,4 @@
-"""Sweeps: grid parsing and cell keys, the local backend with resume and partial reruns,
+"""Sweeps: grid parsing and trial keys, the local backend with resume and partial reruns,
 the ray backend on a local Ray instance (same results as local; a killed worker loses and
 duplicates nothing), and one-line errors for bad grids."""
 
@@ -35,19 +35,19 @@ def _grid(tmp_path: Path, doc: dict, name: str = "grid.yaml") -> Path:
     return p
 
 
-def test_grid_expands_to_keyed_cells():
+def test_grid_expands_to_keyed_trials():
     g = parse_grid(TINY)
-    assert len(g.cells) == 1 * 1 * 2 * 2 * 2
-    assert len({c.key for c in g.cells}) == 8
-    assert {c.label for c in g.cells} == {"linear lr=0.001", "linear lr=0.003", "lora lr=0.001", "lora lr=0.003"}
-    assert all(c.train["max_examples"] == 64 and c.evaluate["quick"] for c in g.cells)
-    # adding a seed adds cells and leaves every existing key as it was
+    assert len(g.trials) == 1 * 1 * 2 * 2 * 2
+    assert len({c.key for c in g.trials}) == 8
+    assert {c.label for c in g.trials} == {"linear lr=0.001", "linear lr=0.003", "lora lr=0.001", "lora lr=0.003"}
+    assert all(c.train["max_examples"] == 64 and c.evaluate["quick"] for c in g.trials)
+    # adding a seed adds trials and leaves every existing key as it was
     more = parse_grid({**TINY, "seeds": [0, 1, 2]})
-    assert {c.key for c in g.cells} < {c.key for c in more.cells} and len(more.cells) == 12
+    assert {c.key for c in g.trials} < {c.key for c in more.trials} and len(more.trials) == 12
     # changing a fixed field changes every key; changing the evaluation too
-    assert not {c.key for c in g.cells} & {c.key for c in parse_grid({**TINY, "train": {**TINY["train"],
-                                                                                         "max_examples": 65}}).cells}
-    assert not {c.key for c in g.cells} & {c.key for c in parse_grid({**TINY, "evaluate": {"quick": True}}).cells}
+    assert not {c.key for c in g.trials} & {c.key for c in parse_grid({**TINY, "train": {**TINY["train"],
+                                                                                         "max_examples": 65}}).trials}
+    assert not {c.key for c in g.trials} & {c.key for c in parse_grid({**TINY, "evaluate": {"quick": True}}).trials}
 
 
 @pytest.mark.parametrize("change, match", [
@@ -93,13 +93,13 @@ def local_sweep(tmp_path_factory):
 
 
 def _tables(out: Path) -> dict[str, bytes]:
-    return {p.parent.parent.name: p.read_bytes() for p in sorted(out.glob("cells/*/results/results.csv"))}
+    return {p.parent.parent.name: p.read_bytes() for p in sorted(out.glob("trials/*/results/results.csv"))}
 
 
-def test_local_sweep_runs_every_cell_then_resumes(local_sweep, tmp_path):
+def test_local_sweep_runs_every_trial_then_resumes(local_sweep, tmp_path):
     root, grid, info = local_sweep
     out = root / "local"
-    assert (info["cells"], info["ran"], info["skipped"]) == (8, 8, 0)
+    assert (info["trials"], info["ran"], info["skipped"]) == (8, 8, 0)
     assert len(_tables(out)) == 8 and info["report"].is_file()
     html = info["report"].read_text()
     assert "lora lr=0.003" in html and "linear lr=0.001" in html
@@ -107,7 +107,7 @@ def test_local_sweep_runs_every_cell_then_resumes(local_sweep, tmp_path):
     again = sweep(grid, out, backend="local", report=False, progress=False)
     assert (again["ran"], again["skipped"]) == (0, 8)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == before
-    # one more seed: only its 4 cells run
+    # one more seed: only its 4 trials run
     grown = _grid(tmp_path, {**TINY, "seeds": [0, 1, 2]})
     more = sweep(grown, out, backend="local", report=False, progress=False)
     assert (more["ran"], more["skipped"]) == (4, 8)
@@ -142,8 +142,8 @@ def test_ray_backend_gives_the_local_results(local_sweep):
     assert (info["ran"], info["skipped"]) == (8, 0)
     ray_tables, local_tables = _tables(root / "ray"), _tables(root / "local")
     assert len(ray_tables) == 8 and ray_tables == {k: local_tables[k] for k in ray_tables}
-    pids = {json.loads(p.read_text())["pid"] for p in (root / "ray").glob("cells/*/done.json")}
-    assert os.getpid() not in pids  # the cells ran in Ray's worker processes
+    pids = {json.loads(p.read_text())["pid"] for p in (root / "ray").glob("trials/*/done.json")}
+    assert os.getpid() not in pids  # the trials ran in Ray's worker processes
 
 
 def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
@@ -159,8 +159,8 @@ def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     victim, deadline = None, time.time() + 240
     try:
         while victim is None and time.time() < deadline and proc.poll() is None:
-            if list(out.glob("cells/*/checkpoint/.train_state/*")):  # a cell is mid-training
-                found = subprocess.run(["pgrep", "-f", "ray::run_cell"], capture_output=True, text=True).stdout.split()
+            if list(out.glob("trials/*/checkpoint/.train_state/*")):  # a trial is mid-training
+                found = subprocess.run(["pgrep", "-f", "ray::run_trial"], capture_output=True, text=True).stdout.split()
                 if found:
                     victim = int(found[0])
                     os.kill(victim, signal.SIGKILL)
@@ -169,11 +169,11 @@ def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert victim is not None, "no cell was caught mid-training"
+    assert victim is not None, "no trial was caught mid-training"
     assert proc.returncode == 0, output[-2000:]
-    done = [json.loads(p.read_text()) for p in out.glob("cells/*/done.json")]
+    done = [json.loads(p.read_text()) for p in out.glob("trials/*/done.json")]
     assert len(done) == 2 and victim not in {d["pid"] for d in done}  # the killed attempt was retried
-    for p in out.glob("cells/*/results/results.csv"):
+    for p in out.glob("trials/*/results/results.csv"):
         f = pd.read_csv(p)
         assert len(f) and not f.duplicated(["checkpoint", "evaluation", "shift", "severity", "metric"]).any()
     # and the results are those of an uninterrupted local run
@@ -181,8 +181,8 @@ def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     assert _tables(out) == _tables(tmp_path / "local")
 
 
-def test_local_backend_runs_one_cell_per_gpu_in_parallel(local_sweep, tmp_path, monkeypatch):
-    """With several GPUs the local backend runs cells in one process per GPU, each pinned to
+def test_local_backend_runs_one_trial_per_gpu_in_parallel(local_sweep, tmp_path, monkeypatch):
+    """With several GPUs the local backend runs trials in one process per GPU, each pinned to
     its own device (simulated here: two 'GPUs' on the CPU); the results are the same."""
     import robustfeat.sweep.backends as backends
 
@@ -190,7 +190,7 @@ def test_local_backend_runs_one_cell_per_gpu_in_parallel(local_sweep, tmp_path, 
     monkeypatch.setattr(backends, "gpu_count", lambda: 2)
     g = parse_grid({**TINY, "methods": ["lora"], "hyperparameters": {"lr": [0.001]}})
     info = sweep(g, tmp_path / "gpus", backend="local", report=False, progress=False)
-    done = [json.loads(p.read_text()) for p in (tmp_path / "gpus").glob("cells/*/done.json")]
+    done = [json.loads(p.read_text()) for p in (tmp_path / "gpus").glob("trials/*/done.json")]
     assert info["ran"] == 2 and len({d["pid"] for d in done}) >= 1 and os.getpid() not in {d["pid"] for d in done}
     local = _tables(root / "local")
     assert _tables(tmp_path / "gpus") == {k: local[k] for k in _tables(tmp_path / "gpus")}

@@ -42,7 +42,7 @@ class Results:
 def load_results(paths: list[str | os.PathLike] | str | os.PathLike,
                  labels: dict[str, str] | None = None) -> Results:
     """Read one or more results folders written by ``robustfeat evaluate``. ``labels``
-    renames the method of a folder's rows ({folder: label}), e.g. to tell sweep cells that
+    renames the method of a folder's rows ({folder: label}), e.g. to tell sweep trials that
     differ in a hyperparameter apart."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

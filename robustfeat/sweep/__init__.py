@@ -1,6 +1,6 @@
 """Sweeps: ``robustfeat sweep GRID.yaml [--backend local|ray] --out DIR`` fine-tunes and
-evaluates every cell of a grid (see :mod:`robustfeat.sweep.grid`), skipping finished ones,
-then writes one report over all cells."""
+evaluates every trial of a grid (see :mod:`robustfeat.sweep.grid`), skipping finished ones,
+then writes one report over all trials."""
 
 from __future__ import annotations
 
@@ -11,34 +11,34 @@ from typing import Any
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.sweep.backends import get_backend, pending
-from robustfeat.sweep.grid import CellSpec, Grid, GridError, code_version, parse_grid, read_grid
-from robustfeat.sweep.run import run_cell
+from robustfeat.sweep.grid import TrialSpec, Grid, GridError, code_version, parse_grid, read_grid
+from robustfeat.sweep.run import run_trial
 
-__all__ = ["CellSpec", "Grid", "GridError", "code_version", "parse_grid", "read_grid", "run_cell", "sweep"]
+__all__ = ["TrialSpec", "Grid", "GridError", "code_version", "parse_grid", "read_grid", "run_trial", "sweep"]
 
 
 def sweep(grid: str | os.PathLike | Grid, out: str | os.PathLike, backend: str = "local", address: str | None = None,
           report: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished cell of ``grid`` with ``backend`` into ``out`` and write
-    ``out/report.html`` over all cells; returns the cell records, counts and wall time."""
+    """Run every unfinished trial of ``grid`` with ``backend`` into ``out`` and write
+    ``out/report.html`` over all trials; returns the trial records, counts and wall time."""
     g = grid if isinstance(grid, Grid) else read_grid(grid)
     runner = get_backend(backend, address)  # a bad backend or address fails before any work
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise RobustfeatError(f"--out '{out}' is a file; give a folder for the sweep")
     out.mkdir(parents=True, exist_ok=True)
-    cells = list(g.cells)
-    todo = pending(cells, out)
+    trials = list(g.trials)
+    todo = pending(trials, out)
     t0 = time.perf_counter()
     if todo:
         runner.run(todo, out, g.resources, progress)
-    records = [run_cell(spec, out) for spec in cells]  # all finished now: reads each done.json
-    info: dict[str, Any] = {"cells": len(cells), "ran": len(todo), "skipped": len(cells) - len(todo),
+    records = [run_trial(spec, out) for spec in trials]  # all finished now: reads each done.json
+    info: dict[str, Any] = {"trials": len(trials), "ran": len(todo), "skipped": len(trials) - len(todo),
                             "wall_s": time.perf_counter() - t0, "records": records, "report": None}
     if report:
         from robustfeat.report import build_report
 
         labels = {r["results"]: r["label"] for r in records}
         info["report"] = build_report(list(labels), out / "report.html", labels=labels,
-                                      title=f"robustfeat sweep: {Path(g.source).name} ({len(cells)} cells)")
+                                      title=f"robustfeat sweep: {Path(g.source).name} ({len(trials)} trials)")
     return info

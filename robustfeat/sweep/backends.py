@@ -1,4 +1,4 @@
-"""Where sweep cells run (``robustfeat ls backends``): ``local`` runs them one after another
+"""Where sweep trials run (``robustfeat ls backends``): ``local`` runs them one after another
 in this process; ``ray`` submits each as a Ray task with CPU/GPU requests and retries, on a
 cluster given by ``--address`` or on a Ray instance started here."""
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.registry import BACKENDS
-from robustfeat.sweep.grid import CellSpec
-from robustfeat.sweep.run import finished, run_cell
+from robustfeat.sweep.grid import TrialSpec
+from robustfeat.sweep.run import finished, run_trial
 
 
 class Backend:
@@ -23,26 +23,26 @@ class Backend:
             raise RobustfeatError(f"--address is for the ray backend; the {self.name} backend runs here")
         self.address = address
 
-    def run(self, cells: list[CellSpec], out: Path, resources: dict[str, Any], progress: bool) -> list[dict]:
+    def run(self, trials: list[TrialSpec], out: Path, resources: dict[str, Any], progress: bool) -> list[dict]:
         raise NotImplementedError
 
 
 @BACKENDS.register("local")
 class LocalBackend(Backend):
     name = "local"
-    summary = "cells one after another in this process, or one per GPU in parallel where there are several"
+    summary = "trials one after another in this process, or one per GPU in parallel where there are several"
 
-    def run(self, cells, out, resources, progress):
+    def run(self, trials, out, resources, progress):
         from tqdm.auto import tqdm
 
         gpus = gpu_count()
-        with tqdm(total=len(cells), unit="cell", disable=not progress, dynamic_ncols=True) as bar:
-            if gpus > 1 and len(cells) > 1:
-                return _one_per_gpu(cells, out, resources, gpus, bar)
+        with tqdm(total=len(trials), unit="trial", disable=not progress, dynamic_ncols=True) as bar:
+            if gpus > 1 and len(trials) > 1:
+                return _one_per_gpu(trials, out, resources, gpus, bar)
             records = []
-            for spec in cells:
+            for spec in trials:
                 bar.set_description_str(spec.name)
-                records.append(run_cell(spec, out, resources.get("threads")))
+                records.append(run_trial(spec, out, resources.get("threads")))
                 bar.update(1)
         return records
 
@@ -58,8 +58,8 @@ def _pin_gpu(queue) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
 
 
-def _one_per_gpu(cells, out, resources, gpus: int, bar) -> list[dict]:
-    """One worker process per GPU, each pinned to its GPU, cells handed out as they finish."""
+def _one_per_gpu(trials, out, resources, gpus: int, bar) -> list[dict]:
+    """One worker process per GPU, each pinned to its GPU, trials handed out as they finish."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -69,19 +69,19 @@ def _one_per_gpu(cells, out, resources, gpus: int, bar) -> list[dict]:
         queue.put(i)
     records: dict[str, dict] = {}
     with ProcessPoolExecutor(gpus, mp_context=ctx, initializer=_pin_gpu, initargs=(queue,)) as pool:
-        futures = {pool.submit(run_cell, spec, str(out), resources.get("threads")): spec for spec in cells}
+        futures = {pool.submit(run_trial, spec, str(out), resources.get("threads")): spec for spec in trials}
         for fut in as_completed(futures):
             records[futures[fut].key] = fut.result()
             bar.update(1)
-    return [records[spec.key] for spec in cells]
+    return [records[spec.key] for spec in trials]
 
 
 @BACKENDS.register("ray")
 class RayBackend(Backend):
     name = "ray"
-    summary = "each cell a Ray task (CPU/GPU requests, retries on worker failure); --address joins a cluster"
+    summary = "each trial a Ray task (CPU/GPU requests, retries on worker failure); --address joins a cluster"
 
-    def run(self, cells, out, resources, progress):
+    def run(self, trials, out, resources, progress):
         try:
             import ray
         except ImportError:
@@ -101,24 +101,24 @@ class RayBackend(Backend):
                                       f"{str(e).splitlines()[0]}{hint}") from None
             started = True
         try:
-            task = ray.remote(run_cell).options(
+            task = ray.remote(run_trial).options(
                 num_cpus=resources.get("cpus", 1), num_gpus=resources.get("gpus", 0),
                 memory=int(resources["memory_gb"] * 2**30) if resources.get("memory_gb") else None,
                 max_retries=int(resources.get("retries", 3)), retry_exceptions=False)
-            refs = {task.remote(spec, str(out), resources.get("threads")): spec for spec in cells}
+            refs = {task.remote(spec, str(out), resources.get("threads")): spec for spec in trials}
             records: dict[str, dict] = {}
             pending = list(refs)
-            with tqdm(total=len(cells), unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+            with tqdm(total=len(trials), unit="trial", disable=not progress, dynamic_ncols=True) as bar:
                 while pending:
                     ready, pending = ray.wait(pending, num_returns=1)
                     for ref in ready:
                         try:
                             records[refs[ref].key] = ray.get(ref)
                         except ray.exceptions.RayError as e:
-                            raise RobustfeatError(f"sweep cell {refs[ref].name} failed on Ray: "
+                            raise RobustfeatError(f"sweep trial {refs[ref].name} failed on Ray: "
                                                   f"{str(e).strip().splitlines()[-1]}") from None
                         bar.update(1)
-            return [records[spec.key] for spec in cells]
+            return [records[spec.key] for spec in trials]
         finally:
             if started:
                 ray.shutdown()
@@ -128,5 +128,5 @@ def get_backend(name: str, address: str | None = None) -> Backend:
     return BACKENDS.get(name)(address)
 
 
-def pending(cells: list[CellSpec], out: str | os.PathLike) -> list[CellSpec]:
-    return [c for c in cells if finished(out, c) is None]
+def pending(trials: list[TrialSpec], out: str | os.PathLike) -> list[TrialSpec]:
+    return [c for c in trials if finished(out, c) is None]

@@ -1,7 +1,7 @@
 """Sweep grids: a YAML file naming models, datasets, methods, seeds and hyperparameter
-lists, expanded into cells. Each cell is one fine-tune followed by its evaluation, keyed by
+lists, expanded into trials. Each trial is one fine-tune followed by its evaluation, keyed by
 a content hash of its full configuration and the code version, so a rerun skips finished
-cells and changing one field reruns only the cells it touches.
+trials and changing one field reruns only the trials it touches.
 
     models: [minilm-l6]
     datasets: [rotten-tomatoes]
@@ -9,10 +9,10 @@ cells and changing one field reruns only the cells it touches.
     seeds: [0, 1, 2]
     hyperparameters:           # every list is crossed with the others
       lr: [0.001, 0.003]
-    train: {max_examples: 2000}   # fixed TrainConfig fields for every cell
+    train: {max_examples: 2000}   # fixed TrainConfig fields for every trial
     evaluate: {quick: true, shifts: [clean, ood, cka, weights]}
-    resources: {cpus: 1, gpus: 0}  # per cell, for the ray backend (fractional GPUs allowed);
-                                   # threads: torch threads per cell (same number, same bytes)
+    resources: {cpus: 1, gpus: 0}  # per trial, for the ray backend (fractional GPUs allowed);
+                                   # threads: torch threads per trial (same number, same bytes)
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ class GridError(RobustfeatError):
 
 
 @dataclass(frozen=True)
-class CellSpec:
-    """One cell: the training configuration and how to evaluate it."""
+class TrialSpec:
+    """One trial: the training configuration and how to evaluate it."""
 
     train: dict[str, Any]
     evaluate: dict[str, Any]
-    varied: dict[str, Any] = field(default_factory=dict)  # the hyperparameters this cell sets
+    varied: dict[str, Any] = field(default_factory=dict)  # the hyperparameters this trial sets
 
     @property
     def key(self) -> str:
@@ -59,7 +59,7 @@ class CellSpec:
 
     @property
     def label(self) -> str:
-        """The method with the hyperparameters varied in the grid (how reports group cells)."""
+        """The method with the hyperparameters varied in the grid (how reports group trials)."""
         extra = " ".join(f"{k}={v}" for k, v in sorted(self.varied.items()))
         return f"{self.train['method']} {extra}".strip()
 
@@ -71,14 +71,14 @@ class CellSpec:
 
 @dataclass(frozen=True)
 class Grid:
-    cells: tuple[CellSpec, ...]
+    trials: tuple[TrialSpec, ...]
     resources: dict[str, Any]
     source: str
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version and a hash of its Python sources: a cell computed by other code
+    """The package version and a hash of its Python sources: a trial computed by other code
     is not reused."""
     import robustfeat
 
@@ -108,7 +108,7 @@ def _list(doc: dict, key: str, kind: type | tuple[type, ...], required: bool = T
 
 
 def parse_grid(doc: Any, source: str = "<grid>") -> Grid:
-    """Validate a grid document (the parsed YAML) and expand it into cells."""
+    """Validate a grid document (the parsed YAML) and expand it into trials."""
     from robustfeat.train import TrainConfig
     from robustfeat.train.loop import preflight
 
@@ -154,19 +154,19 @@ def parse_grid(doc: Any, source: str = "<grid>") -> Grid:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v):
             raise GridError(f"{source}: resources.{k} must be a number >= 0, got {v!r}")
     hyper_lists = {k: _list(hyper, k, (int, float, str)) for k in sorted(hyper)}
-    cells = []
+    trials = []
     for model, data, method, seed, *values in itertools.product(models, datasets, methods, seeds,
                                                                   *hyper_lists.values()):
         varied = dict(zip(hyper_lists, values))
         try:
             config = TrainConfig(model=model, data=data, method=method, seed=seed, **train, **varied)
-            preflight(config)  # names, adapter options and contradictions: before any cell runs
+            preflight(config)  # names, adapter options and contradictions: before any trial runs
         except RobustfeatError as e:
-            raise GridError(f"{source}: cell {model}/{data}/{method}/seed {seed}: {e}") from None
+            raise GridError(f"{source}: trial {model}/{data}/{method}/seed {seed}: {e}") from None
         except TypeError as e:
             raise GridError(f"{source}: {e}") from None
-        cells.append(CellSpec(json.loads(json.dumps(config.to_dict())), dict(sorted(evaluate.items())), varied))
-    return Grid(tuple(cells), dict(resources), source)
+        trials.append(TrialSpec(json.loads(json.dumps(config.to_dict())), dict(sorted(evaluate.items())), varied))
+    return Grid(tuple(trials), dict(resources), source)
 
 
 def read_grid(path: str | os.PathLike) -> Grid:

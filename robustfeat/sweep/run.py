@@ -1,6 +1,6 @@
-"""Running sweep cells: one cell is a fine-tune then its evaluation, in the cell's own
-folder ``OUT/cells/KEY/``; ``done.json`` is written last and atomically, so a cell is
-either finished or will be (re)done, and a rerun of the sweep skips finished cells."""
+"""Running sweep trials: one trial is a fine-tune then its evaluation, in the trial's own
+folder ``OUT/trials/KEY/``; ``done.json`` is written last and atomically, so a trial is
+either finished or will be (re)done, and a rerun of the sweep skips finished trials."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustfeat.sweep.grid import CellSpec
+from robustfeat.sweep.grid import TrialSpec
 
 DONE = "done.json"
 
@@ -21,12 +21,12 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def cell_dir(out: str | os.PathLike, spec: CellSpec) -> Path:
-    return Path(out) / "cells" / spec.key
+def trial_dir(out: str | os.PathLike, spec: TrialSpec) -> Path:
+    return Path(out) / "trials" / spec.key
 
 
-def finished(out: str | os.PathLike, spec: CellSpec) -> dict | None:
-    path = cell_dir(out, spec) / DONE
+def finished(out: str | os.PathLike, spec: TrialSpec) -> dict | None:
+    path = trial_dir(out, spec) / DONE
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -34,9 +34,9 @@ def finished(out: str | os.PathLike, spec: CellSpec) -> dict | None:
     return record if record.get("key") == spec.key else None
 
 
-def run_cell(spec: CellSpec, out: str | os.PathLike, threads: int | None = None) -> dict[str, Any]:
-    """Fine-tune and evaluate one cell (resuming whatever a killed attempt left) and return
-    its record. Safe to call again on a finished cell: it returns the record. ``threads``
+def run_trial(spec: TrialSpec, out: str | os.PathLike, threads: int | None = None) -> dict[str, Any]:
+    """Fine-tune and evaluate one trial (resuming whatever a killed attempt left) and return
+    its record. Safe to call again on a finished trial: it returns the record. ``threads``
     fixes torch's thread count (results are bit-identical only at equal thread counts)."""
     done = finished(out, spec)
     if done is not None:
@@ -52,14 +52,14 @@ def run_cell(spec: CellSpec, out: str | os.PathLike, threads: int | None = None)
         torch.set_num_threads(previous)
 
 
-def _run(spec: CellSpec, out: str | os.PathLike) -> dict[str, Any]:
+def _run(spec: TrialSpec, out: str | os.PathLike) -> dict[str, Any]:
     from robustfeat.evaluations.runner import evaluate
     from robustfeat.train import TrainConfig, finetune
 
     t0 = time.perf_counter()
-    root = cell_dir(out, spec)
+    root = trial_dir(out, spec)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(root / "cell.json", {"key": spec.key, "name": spec.name, "label": spec.label, "train": spec.train,
+    _write_json(root / "trial.json", {"key": spec.key, "name": spec.name, "label": spec.label, "train": spec.train,
                                      "evaluate": spec.evaluate, "varied": spec.varied})
     ckpt, results = root / "checkpoint", root / "results"
     from robustfeat.train.record import RUN_FILE, RunRecord

@@ -123,12 +123,12 @@ def test_sweep_survives_sigkills(reference, rng, tmp_path):
                         KILLS["sweep"], times["sweep"], rng, tmp_path)
 
     def tables(d: Path) -> dict[str, bytes]:
-        return {p.parent.parent.name: p.read_bytes() for p in d.glob("cells/*/results/results.csv")}
+        return {p.parent.parent.name: p.read_bytes() for p in d.glob("trials/*/results/results.csv")}
 
     want = tables(root / "sweep")
     assert len(want) == 2
     for out in outs:
-        assert tables(out) == want and len(list(out.glob("cells/*/done.json"))) == 2, out
+        assert tables(out) == want and len(list(out.glob("trials/*/done.json"))) == 2, out
 
 
 def test_the_kill_points_add_up():

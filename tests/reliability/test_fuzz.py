@@ -36,7 +36,7 @@ def test_grid_parsing_never_crashes(doc):
     except GridError as e:
         assert str(e) and "\n" not in str(e)
     else:
-        assert all(c.key for c in g.cells)
+        assert all(c.key for c in g.trials)
 
 
 @FUZZ
@@ -182,5 +182,5 @@ def test_the_fuzzers_reach_the_valid_path():
     from robustfeat.sweep import parse_grid
 
     assert len(parse_grid({"models": ["tiny-cnn"], "datasets": ["mnist-5k"], "methods": ["lora"],
-                           "seeds": [0]}).cells) == 1
+                           "seeds": [0]}).trials) == 1
     assert corrupt(torch.rand(1, 3, 40, 40), "fog", 3).shape == (1, 3, 40, 40)
