@@ -80,7 +80,7 @@ def _backend_rows() -> list[tuple[str, ...]]:
 def _evaluation_rows() -> list[tuple[str, ...]]:
     from robustfeat.evaluations.base import evaluations_in_order
 
-    return [(e.name, ", ".join(sorted(e.families)), ", ".join(h.key for h in e.headlines) or "-", e.summary)
+    return [(e.name, ", ".join(sorted(e.families)) if e.families is not None else "all", ", ".join(h.key for h in e.headlines) or "-", e.summary)
             for e in evaluations_in_order()]
 
 

@@ -282,7 +282,8 @@ class Evaluation:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    families: ClassVar[frozenset[str]] = frozenset({"text-classifier", "causal-lm", "image-classifier"})
+    #: the model families it applies to; None: every family (robustfeat ls families)
+    families: ClassVar[frozenset[str] | None] = None
     options: ClassVar[tuple[Option, ...]] = ()
     headlines: ClassVar[tuple[Headline, ...]] = ()
     plots: ClassVar[tuple[str, ...]] = ()
@@ -314,6 +315,10 @@ class Evaluation:
         checkpoint, and of its reference checkpoint (``reference``, its id) where it has
         one. Every row returned has ``evaluation == cls.name``."""
         return []
+
+    @classmethod
+    def applies_to(cls, family: str) -> bool:
+        return cls.families is None or family in cls.families
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))

@@ -110,7 +110,7 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     plans = []
     for i, subject in enumerate(subjects):
         ctx = EvalContext(subject=subject, options=run_options, base_dir=store.root / "base", pool=pool)
-        plan = [(name, ev, ev.select(ev.cells(ctx), wanted)) for name, ev in evaluations if ctx.family in ev.families]
+        plan = [(name, ev, ev.select(ev.cells(ctx), wanted)) for name, ev in evaluations if ev.applies_to(ctx.family)]
         if i == 0 and wanted:
             _check_shifts(wanted, plan)
         ctx.release()  # planning may load the model; only the checkpoint being evaluated stays in memory
