@@ -95,6 +95,6 @@ def test_adapter_hyperparameters_are_declared_once():
         assert config.adapter_kwargs() == {f.name: examples[kind]}
         grid = parse_grid({"models": ["tiny-bert"], "datasets": ["rotten-tomatoes"], "methods": [method], "seeds": [0],
                            "train": {f.name: examples[kind]}})
-        assert grid.cells[0].train[f.name] == examples[kind]
+        assert grid.trials[0].train[f.name] == examples[kind]
         with pytest.raises(ConfigError, match=f.name):
             TrainConfig(model="tiny-bert", data="rotten-tomatoes", method=method, **{f.name: "bad"})

@@ -188,7 +188,7 @@ def test_a_new_evaluation_is_one_module_and_its_bank_entry(tmp_path, monkeypatch
 
     grid = {"models": ["tiny-cnn"], "datasets": ["mnist-5k"], "methods": ["lora"], "seeds": [0],
             "evaluate": {"throwaway_scale": 2.0}}
-    assert parse_grid(grid).cells[0].evaluate == {"throwaway_scale": 2.0}
+    assert parse_grid(grid).trials[0].evaluate == {"throwaway_scale": 2.0}
     with pytest.raises(GridError, match="throwaway-scale takes a float"):
         parse_grid({**grid, "evaluate": {"throwaway_scale": "big"}})
     # an option of an evaluation the bank does not run is refused, not ignored, and leaves nothing behind
