@@ -29,7 +29,17 @@ def _v(frame, evaluation, shift, metric):
     return sel.iloc[0]
 
 
-def test_text_bank_ood_sets_and_probes(tmp_path):
+def test_text_bank_ood_sets_and_probes(tmp_path, monkeypatch):
+    from robustfeat.evaluations import probes
+
+    seen = []  # every table the probes embed
+
+    def spy(handle, table, *a, **kw):
+        seen.append(list(table["text"]))
+        return embed(handle, table, *a, **kw)
+
+    embed = probes.embed
+    monkeypatch.setattr(probes, "embed", spy)
     ckpt = _run(tmp_path, "bert", model="tiny-bert", data="rotten-tomatoes", method="lora")
     frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False,
                      shifts=["clean", "ood", "embedding-geometry", "linear-probe"])
@@ -62,6 +72,8 @@ def test_text_bank_ood_sets_and_probes(tmp_path):
     probe_texts = np.concatenate([vader["train"]["text"], vader["test"]["text"]])
     assert f"dropped {int(loose_matches(probe_texts, ref).sum())} of {len(probe_texts)} probe texts" in note
     assert int(loose_matches(probe_texts, ref).sum()) > 1000
+    # and none of the texts the probes saw copies the fine-tuning data
+    assert len(seen) >= 4 and not any(loose_matches(texts, ref).any() for texts in seen)
 
 
 def test_user_domain_column_and_worst_domain(tmp_path):
