@@ -256,3 +256,47 @@ def test_a_single_checkpoint_report(tiny_results, tmp_path):
     assert "1 checkpoint from 1 results folder" in html
     assert 'Plot "Forgetting vs ID gain" not drawn' in html and "linear" in html
     assert html.count("<figure") >= 2
+
+
+def test_domain_legend_matches_its_bars_and_drift_labels_fit():
+    f = synthetic()
+    dom = plots.domain_bars(f)
+    legend = dom.axes[0].get_legend()
+    handles = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert {"linear", "lora", "vefa"} <= set(handles)
+    assert all(not handles[m].get_hatch() for m in ("linear", "lora", "vefa"))  # colours, not the worst bar's hatch
+    assert handles["worst domain of a method"].get_hatch() == "///"
+    # the drift figure's y labels stay inside the figure, so its panels can be told apart
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.drift_by_layer(f)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.yaxis.label.get_window_extent(renderer)
+        assert box.x0 >= 0 and ax.yaxis.label.get_text(), ax.yaxis.label.get_text()
+
+
+def test_a_text_only_report_explains_only_what_it_holds(tmp_path):
+    """No mCE reading note without corruption rows; each plot left out says why; the per-cell
+    tables open on the clean cells; conclusions against lora lead the report."""
+    f = synthetic()
+    f = f[~f.evaluation.isin(["corruptions"])]
+    res = tmp_path / "res"
+    res.mkdir()
+    f.drop(columns=["results_dir"]).to_csv(res / "results.csv", index=False)
+    (res / "results.json").write_text(json.dumps({"format": "robustfeat.results", "checkpoints": {}}))
+    import html as _html
+
+    html = _html.unescape(build_report([res], tmp_path / "r.html").read_text())
+    howto = html[html.index("How to read this"):html.index('<h2 id="plots">')]
+    assert "mCE" not in howto and "mean CKA" in howto and "worst domain" in howto
+    assert "mCE definition" not in html  # no empty provenance row for what is not there
+    for title in ("Corruption error by severity", "Error per corruption", "mCE, relative mCE, mean error"):
+        assert f'Plot "{title}" not drawn: these results have no \'corruptions\' rows' in html
+    first = html.index("<details")
+    assert html[first:first + 60].startswith('<details open id="cells-clean"')
+    assert html.index('id="conclusions"') < html.index('id="summary"')
+    assert "vefa" in html and "against lora" in html and "over 2 paired seeds" in html
+    assert "trained with (git revision)" in html and "trained at" not in html

@@ -171,6 +171,7 @@ def provenance_context(results: Results) -> list[dict]:
                   ("date", str(meta.get("date"))), ("git revision", str(meta.get("git_revision"))),
                   ("library versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))),
                   ("mCE definition", str(meta.get("mce", "")))]
+        fields = [(k, v) for k, v in fields if v not in ("", "None")]  # nothing to say: no row
         ckpts = []
         for cid, info in sorted((meta.get("checkpoints") or {}).items()):
             trained = info.get("trained_with") or {}
