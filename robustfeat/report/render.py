@@ -96,9 +96,17 @@ def summary_context(frame: pd.DataFrame) -> dict:
 def conclusions_context(frame: pd.DataFrame) -> list[dict]:
     out = []
     for sec in conclusions(frame):
-        by_method: dict[str, list[str]] = {}
+        grouped: dict[str, list] = {}
         for c in sec.comparisons:
-            by_method.setdefault(c.method, []).append(c.sentence())
+            grouped.setdefault(c.method, []).append(c)
+        by_method: dict[str, list[str]] = {}
+        for method, comps in grouped.items():
+            if all(c.difference.n == 1 for c in comps):  # one shared seed: one line, no verdicts
+                diffs = ", ".join(f"{c.headline.label} {c.difference.mean:+.4g}" for c in comps)
+                by_method[method] = [f"One seed shared with {sec.against}, so no interval and no conclusion; the "
+                                     f"differences (method - {sec.against}) are: {diffs}."]
+            else:
+                by_method[method] = [c.sentence() for c in comps]
         if sec.against is None:
             lead = (f"No lora or linear row to compare against ({', '.join(sec.methods)} only); the table below "
                     "gives each method's own numbers.")
