@@ -300,3 +300,8 @@ def test_a_text_only_report_explains_only_what_it_holds(tmp_path):
     assert html.index('id="conclusions"') < html.index('id="summary"')
     assert "vefa" in html and "against lora" in html and "over 2 paired seeds" in html
     assert "trained with (git revision)" in html and "trained at" not in html
+    # effective robustness in a table, saying which line it stands on (the synthetic frame's OOD rows have no
+    # kind, so only the mean over OOD sets is there)
+    table = html[html.index('id="effective-table"'):]
+    table = table[:table.index("</table>")]
+    assert "mean-ood" in table and "slope 1 in logit space through the mean base point" in table

@@ -121,6 +121,19 @@ def conclusions_context(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
+def effective_context(frame: pd.DataFrame) -> list[dict]:
+    """Effective robustness per (model, data, OOD set, method), with the kind of line used."""
+    from robustfeat.report.effective import effective_robustness_table
+
+    table = effective_robustness_table(frame)
+    rows = []
+    for r in table.itertuples(index=False):
+        rows.append({"model": r.model, "data": r.data, "set": r.set, "method": r.method,
+                     "value": _fmt(r.effective_robustness), "ci": _ci(r.lo, r.hi), "seeds": int(r.seeds),
+                     "line": r.line})
+    return rows
+
+
 def howto_context(frame: pd.DataFrame, reference_text: str) -> list[str]:
     """The reading notes of the evaluations these results hold, and no others."""
     present = set(frame.evaluation)
@@ -208,7 +221,7 @@ def render_html(results: Results, title: str | None = None) -> str:
     return env.get_template("report.html.j2").render(
         title=title or default_title, generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__, folders=provenance_context(results), n_checkpoints=len(results.checkpoints),
-        summary=summary_context(frame), conclusions=conclusions_context(frame),
+        summary=summary_context(frame), conclusions=conclusions_context(frame), effective=effective_context(frame),
         howto=howto_context(frame, reference_text), figures=figures, skipped=skipped, cells=cells_context(frame),
         cell_headers=CELL_HEADERS, script=SORT_SCRIPT, script_hash=script_hash)
 
