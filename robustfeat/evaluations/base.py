@@ -233,30 +233,18 @@ class EvalContext:
         return self._load()[1]
 
     @property
-    def run_id(self) -> str:
-        return self.subject.id
-
-    @property
     def family(self) -> str:
         return self.subject.family
 
-    @property
-    def method(self) -> str:
-        return self.subject.method
-
     # --- the base model --------------------------------------------------------------------
-    @property
-    def base_key(self) -> str:
-        return self.subject.base_key
-
     def base(self) -> ModelHandle:
-        return self.pool.get(self.base_key, lambda: self.subject.load_base(self.options.device))
+        return self.pool.get(self.subject.base_key, lambda: self.subject.load_base(self.options.device))
 
     def base_cached(self, name: str, parts: list[Any], compute: Callable[[ModelHandle], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Base-model outputs for ``name`` on the inputs described by ``parts``, computed once
         per base and kept in the results folder (so every checkpoint of that base reuses them)."""
         digest = hashlib.sha256(json.dumps([name, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = self.base_dir / self.base_key / f"{name}-{digest}.npz"
+        path = self.base_dir / self.subject.base_key / f"{name}-{digest}.npz"
         with locked(path.with_suffix(".lock"), f"the base-output cache {path.name}", wait=True):
             if path.is_file():
                 try:

@@ -117,12 +117,12 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
         plans.append((ctx, plan))
     # one overall bar over every cell of every checkpoint, its ETA from the start
     total = sum(len(cells) for _, plan in plans for _, _, cells in plan)
-    finished = sum(store.done(ctx.run_id, c) for ctx, plan in plans for _, _, cells in plan for c in cells)
+    finished = sum(store.done(ctx.subject.id, c) for ctx, plan in plans for _, _, cells in plan for c in cells)
     bar = tqdm(total=total, initial=finished, desc=f"evaluate {len(subjects)} checkpoint{'s' if len(subjects) != 1 else ''}",
                unit="cell", disable=not progress or not total, dynamic_ncols=True, position=0)
     try:
         for ctx, plan in plans:
-            rid = ctx.run_id
+            rid = ctx.subject.id
             with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
                 store.update(checkpoints={rid: {**ctx.subject.provenance(), "reference": refs.get(rid)}})
                 for name, ev, cells in plan:

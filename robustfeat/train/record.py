@@ -18,6 +18,24 @@ RUN_FILE = "robustfeat.json"
 RUN_FORMAT = "robustfeat.run"
 
 
+_REQUIRED = object()
+
+
+class _Field:
+    """A value the record holds as it is: ``raw[section][key]`` (``raw[key]`` for section
+    None); with a default, a missing key reads as the default."""
+
+    def __init__(self, section: str | None, key: str, default: Any = _REQUIRED, doc: str = "") -> None:
+        self.section, self.key, self.default = section, key, default
+        self.__doc__ = doc or f"the run record's {section + '.' if section else ''}{key}"
+
+    def __get__(self, record: RunRecord | None, owner: type) -> Any:
+        if record is None:
+            return self
+        where = record.raw if self.section is None else record.raw[self.section]
+        return where[self.key] if self.default is _REQUIRED else where.get(self.key, self.default)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     path: Path
@@ -66,31 +84,16 @@ class RunRecord:
 
         return TrainConfig.from_dict(self.config_dict)
 
-    @property
-    def method(self) -> str:
-        return self.config_dict["method"]
-
-    @property
-    def model(self) -> str:
-        """The model as fine-tuning was asked for it (a zoo name, a folder, ``hf:ID``)."""
-        return self.config_dict["model"]
-
-    @property
-    def family(self) -> str:
-        return self.raw["model"]["family"]
-
-    @property
-    def data(self) -> str:
-        """The data as fine-tuning was asked for it (a dataset name or a file)."""
-        return self.config_dict["data"]
-
-    @property
-    def data_name(self) -> str:
-        return self.raw["data"]["name"]
-
-    @property
-    def data_fingerprint(self) -> str:
-        return self.raw["data"]["fingerprint"]
+    method = _Field("config", "method")
+    model = _Field("config", "model", doc="The model as fine-tuning was asked for it (a zoo name, a folder, ``hf:ID``).")
+    family = _Field("model", "family")
+    data = _Field("config", "data", doc="The data as fine-tuning was asked for it (a dataset name or a file).")
+    data_name = _Field("data", "name")
+    data_fingerprint = _Field("data", "fingerprint")
+    config_digest = _Field(None, "config_digest", "")
+    max_length = _Field("config", "max_length", None)
+    max_eval_examples = _Field("config", "max_eval_examples", None)
+    git_revision = _Field(None, "git_revision", None)
 
     @property
     def label_names(self) -> list[str]:
@@ -101,21 +104,9 @@ class RunRecord:
         return int(self.raw.get("seed", self.config_dict.get("seed", 0)))
 
     @property
-    def config_digest(self) -> str:
-        return self.raw.get("config_digest", "")
-
-    @property
     def image_size(self) -> int | None:
         """The image side the model was built for (the native size when none was asked)."""
         return self.raw["model"].get("image_size") or self.config_dict.get("image_size")
-
-    @property
-    def max_length(self) -> int | None:
-        return self.config_dict.get("max_length")
-
-    @property
-    def max_eval_examples(self) -> int | None:
-        return self.config_dict.get("max_eval_examples")
 
     @property
     def validation(self) -> dict[str, Any]:
@@ -124,10 +115,6 @@ class RunRecord:
     @property
     def steps(self) -> int:
         return int(self.raw.get("steps", 0))
-
-    @property
-    def git_revision(self) -> str | None:
-        return self.raw.get("git_revision")
 
     @property
     def versions(self) -> dict[str, str]:
