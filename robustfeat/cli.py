@@ -137,19 +137,29 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from robustfeat.train import TrainConfig, finetune
-
+def train_config(args: argparse.Namespace):
+    """The TrainConfig that ``finetune``'s flags describe (unset flags: the config's defaults)."""
     from dataclasses import fields
 
+    from robustfeat.train import TrainConfig
+
     given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig) if f.name != "targets"}
-    kw = {k: v for k, v in given.items() if v is not None and v is not False}  # unset: the config's default
+    kw = {k: v for k, v in given.items() if v is not None and v is not False}
     if args.targets:
         kw["targets"] = args.targets[0] if len(args.targets) == 1 and args.targets[0].startswith("all-") else args.targets
-    config = TrainConfig(**kw)
+    return TrainConfig(**kw)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from robustfeat.train import finetune
+
+    config = train_config(args)
     result = finetune(config, args.out, device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
     rec = result.record
-    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+    if result.already_finished:
+        resumed = " (already finished by the same command: nothing trained; --overwrite trains it again)"
+    else:
+        resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     print(f"checkpoint: {result.out}{resumed}")
     print(format_table(("field", "value"), [
         ("method", f"{config.method} on {rec['model']['name']} ({rec['model']['trainable_parameters']:,} trainable)"),
@@ -217,9 +227,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from robustfeat.sweep import read_grid, sweep
 
     grid = read_grid(args.grid)
-    print(f"sweep {args.grid}: {len(grid.trials)} trials on the {args.backend} backend")
+    def start(trials: int, todo: int) -> None:
+        done = f", {trials - todo} already finished" if todo < trials else ""
+        print(f"sweep {args.grid}: {trials} trials{done}, on the {args.backend} backend", flush=True)
+
     info = sweep(grid, args.out, backend=args.backend, address=args.address, report=not args.no_report,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, on_start=start)
     labels = {r["results"]: r["label"] for r in info["records"]}
     table = headline_table(load_results(list(labels), labels).frame)
     print(format_table(*headline_rows(table, ("model", "data", "method", "seeds"))))

@@ -47,3 +47,16 @@ class DeviceError(RobustfeatError, ValueError):
 class TrainingError(RobustfeatError):
     """Training cannot start or went wrong (diverged, bad output folder, ...), or a run
     folder cannot be used (no run record, damaged, data changed since training)."""
+
+
+def warn(message: str) -> None:
+    """Tell the user about something doubtful that does not stop the command: one line on
+    stderr, ``robustfeat: warning: ...`` (shown once per message and process)."""
+    import sys
+
+    if message not in _warned:
+        _warned.add(message)
+        print(f"robustfeat: warning: {message}", file=sys.stderr)
+
+
+_warned: set[str] = set()

@@ -59,6 +59,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class ResultsStore:
+    """A results folder. Constructing one only checks that ``root`` can hold results of
+    ``bank_tag`` (it reads, never writes); :meth:`create` makes the folder when the first
+    result is about to be written, so a refused command leaves nothing behind."""
+
     def __init__(self, root: str | os.PathLike, bank_tag: str) -> None:
         self.root = Path(root).absolute()
         self.bank_tag = bank_tag
@@ -68,16 +72,24 @@ class ResultsStore:
             if any(p for p in self.root.iterdir() if not p.name.startswith(".")):
                 raise ResultsError(f"'{self.root}' is a non-empty folder that is not a robustfeat results folder; "
                                    "choose another --out")
+        self._check(self._read())
+
+    def _check(self, meta: dict[str, Any] | None) -> None:
+        if meta is not None and meta.get("bank") != self.bank_tag:
+            raise ResultsError(f"'{self.root}' holds results of bank {meta.get('bank')}; this evaluation uses "
+                               f"bank {self.bank_tag}. Results of different banks or bank versions are not mixed: "
+                               "choose another --out")
+
+    def create(self) -> None:
+        """Make the folder and its ``results.json`` if they do not exist yet."""
+        self.root.mkdir(parents=True, exist_ok=True)
         with self.lock():
             meta = self._read()
+            self._check(meta)  # another process may have started it meanwhile
             if meta is None:
                 now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-                self._write({"format": RESULTS_FORMAT, "format_version": FORMAT_VERSION, "bank": bank_tag,
+                self._write({"format": RESULTS_FORMAT, "format_version": FORMAT_VERSION, "bank": self.bank_tag,
                              "created": now, "checkpoints": {}})
-            elif meta.get("bank") != bank_tag:
-                raise ResultsError(f"'{self.root}' holds results of bank {meta.get('bank')}; this evaluation uses "
-                                   f"bank {bank_tag}. Results of different banks or bank versions are not mixed: "
-                                   "choose another --out")
 
     # --- results.json ---------------------------------------------------------------------
     def lock(self):

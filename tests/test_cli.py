@@ -98,3 +98,16 @@ def test_adapter_hyperparameters_are_declared_once():
         assert grid.trials[0].train[f.name] == examples[kind]
         with pytest.raises(ConfigError, match=f.name):
             TrainConfig(model="tiny-bert", data="rotten-tomatoes", method=method, **{f.name: "bad"})
+
+
+def test_the_same_run_from_python_and_the_command_line_has_one_digest():
+    """``epochs=2`` in Python and ``--epochs 2`` on the command line (parsed as 2.0) are one run:
+    a resume or a rerun from the other side is recognised."""
+    from robustfeat.cli import build_parser, train_config
+    from robustfeat.train import TrainConfig
+
+    cli = train_config(build_parser(for_command="finetune").parse_args(
+        ["finetune", "--model", "tiny-bert", "--data", "d.csv", "--method", "lora", "--epochs", "2", "--alpha", "8",
+         "--out", "o"]))
+    api = TrainConfig(model="tiny-bert", data="d.csv", method="lora", epochs=2, alpha=8)
+    assert cli.digest() == api.digest() and api.epochs == 2.0 and isinstance(api.epochs, float)

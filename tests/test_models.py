@@ -216,3 +216,30 @@ def test_decoder_classifier_without_pad_token_and_right_padding(tmp_path):
     assert batched["tokens"] == sum(a["tokens"] for a in alone)
     # (left padding made this differ by about 10%; what remains is attention-kernel rounding)
     assert batched["nll"] == pytest.approx(sum(a["nll"] for a in alone), rel=5e-3)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_inference_calls_run_in_eval_mode(name):
+    """A loaded model is in eval mode, and every inference call (logits, features, eval_sums)
+    runs in eval mode whatever mode the model is in, then puts that mode back: two identical
+    calls agree even with dropout layers in training mode."""
+    handle = load_model(name, num_labels=2, seed=0)
+    assert not any(m.training for m in handle.model.modules())
+    table = sample(handle.info.family)
+    inputs = handle.preprocess(table)
+    want = handle.logits(inputs)
+    handle.model.train()
+    for _ in range(2):
+        torch.testing.assert_close(handle.logits(inputs), want, rtol=0, atol=0)
+        for k, v in handle.features(inputs).items():
+            handle.model.eval()
+            ref = handle.features(inputs)[k]
+            handle.model.train()
+            torch.testing.assert_close(v, ref, rtol=0, atol=0)
+    assert handle.eval_sums(inputs, table) == handle.eval_sums(inputs, table)
+    assert all(m.training for m in handle.model.modules())  # the caller's mode is put back
+    with torch.no_grad():  # and the training path really is in training mode (dropout/batch statistics on)
+        train_out = handle.forward(inputs)
+    has_stochastic = any(isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm2d)) for m in handle.model.modules())
+    if has_stochastic:
+        assert not torch.equal(train_out, want)

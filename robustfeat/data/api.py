@@ -117,6 +117,8 @@ def _finish(b: DatasetBundle, seed: int, max_examples: int | None, max_eval: int
         if len(splits[split]) == 0:
             raise DataError(f"dataset '{b.name}' is too small: its '{split}' split is empty")
     b.splits = {k: splits[k] for k in ("train", "validation", "test")}
+    if b.task.endswith("classification"):
+        _check_classes(b)
     h = hashlib.sha256()
     for k, t in b.splits.items():
         h.update(f"{k}:{t.fingerprint()}\n".encode())
@@ -124,6 +126,28 @@ def _finish(b: DatasetBundle, seed: int, max_examples: int | None, max_eval: int
     b.provenance = {**b.provenance, "seed": seed, "max_examples": max_examples, "max_eval_examples": max_eval,
                     "rows": {k: len(t) for k, t in b.splits.items()}}
     return b
+
+
+def _check_classes(b: DatasetBundle) -> None:
+    """Fewer than two classes in the training split is refused (a classifier learns nothing and
+    its accuracy is meaningless); a class the training split has but validation or test lack is
+    a warning (those splits then say nothing about it)."""
+    from robustfeat.errors import warn
+
+    names = b.label_names or []
+    label = lambda i: names[i] if 0 <= i < len(names) else str(i)  # noqa: E731
+    present = {k: set(np.unique(np.asarray(t["label"])).tolist()) for k, t in b.splits.items()}
+    train = present["train"]
+    if len(train) < 2:
+        only = ", ".join(f"'{label(i)}'" for i in sorted(train)) or "none"
+        raise DataError(f"dataset '{b.name}': its training split ({len(b.splits['train'])} rows) holds one class only "
+                        f"({only}); a classifier needs examples of at least two classes")
+    for split in ("validation", "test"):
+        missing = sorted(train - present[split])
+        if missing:
+            shown = ", ".join(f"'{label(i)}'" for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            warn(f"dataset '{b.name}': {len(missing)} class(es) of the training split have no example in its "
+                 f"'{split}' split ({shown}); its {split} accuracy says nothing about them")
 
 
 # --- user data ----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class Domains(Evaluation):
         if col is None:
             return []
         test = ctx.data["test"]
-        require(col in test, f"--domain-column '{col}' is not a column of '{ctx.data.name}'; "
+        require(col in test, f"domain column '{col}' is not a column of '{ctx.data.name}'; "
                              f"columns: {', '.join(test.names())}")
         return [Cell(self.name, str(v)) for v in sorted(set(map(str, test[col])))]
 

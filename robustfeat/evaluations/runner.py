@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robustfeat.environment import pick_device
 from robustfeat.errors import UnknownNameError
 from robustfeat.locks import locked
 from robustfeat.registry import BANKS, CORRUPTIONS, EVALUATIONS
@@ -80,19 +81,13 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
              **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
-    (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...)."""
+    (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). Every check
+    runs before anything is written: a refused call leaves ``out`` as it was."""
     from tqdm.auto import tqdm
-
-    from robustfeat.evaluations.base import option_overrides, require_in_bank
 
     if not checkpoints:
         raise EvaluationError("give at least one checkpoint folder to evaluate")
-    if batch_size < 1:
-        raise EvaluationError(f"batch size must be positive, got {batch_size}")
-    overrides = option_overrides(options)  # unknown options and bad values fail before anything is read
     subjects = [read_subject(c) for c in dict.fromkeys(map(str, checkpoints))]
-    chosen = choose_bank(bank, {s.family for s in subjects})
-    require_in_bank(overrides, {e.evaluation for e in chosen.entries}, chosen.name)
     ref = None
     if reference is not None:
         ref = next((s for s in subjects if s.path == Path(reference).expanduser().absolute()), None)
@@ -100,32 +95,23 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
             ref = read_subject(reference)
             subjects.append(ref)
     refs = pick_reference(subjects, ref)
-    tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
-    store = ResultsStore(out, tag)
-    run_options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress)
-    evaluations = chosen.evaluations(quick, overrides)
-    wanted = set(shifts) if shifts else None
-    pool = BasePool()
+    chosen, tag, plans, store = plan(subjects, out, bank=bank, shifts=shifts, quick=quick, device=device,
+                                     seed=seed, batch_size=batch_size, progress=progress, **options)
+    assert store is not None
+    # every check passed: only now is the results folder made or touched
+    store.create()
     store.update(provenance=_provenance(chosen, tag, quick, seed))
-    plans = []
-    for i, subject in enumerate(subjects):
-        ctx = EvalContext(subject=subject, options=run_options, base_dir=store.root / "base", pool=pool)
-        plan = [(name, ev, ev.select(ev.cells(ctx), wanted)) for name, ev in evaluations if ev.applies_to(ctx.family)]
-        if i == 0 and wanted:
-            _check_shifts(wanted, plan)
-        ctx.release()  # planning may load the model; only the checkpoint being evaluated stays in memory
-        plans.append((ctx, plan))
     # one overall bar over every cell of every checkpoint, its ETA from the start
-    total = sum(len(cells) for _, plan in plans for _, _, cells in plan)
-    finished = sum(store.done(ctx.subject.id, c) for ctx, plan in plans for _, _, cells in plan for c in cells)
+    total = sum(len(cells) for _, plan_ in plans for _, _, cells in plan_)
+    finished = sum(store.done(ctx.subject.id, c) for ctx, plan_ in plans for _, _, cells in plan_ for c in cells)
     bar = tqdm(total=total, initial=finished, desc=f"evaluate {len(subjects)} checkpoint{'s' if len(subjects) != 1 else ''}",
                unit="cell", disable=not progress or not total, dynamic_ncols=True, position=0)
     try:
-        for ctx, plan in plans:
+        for ctx, plan_ in plans:
             rid = ctx.subject.id
             with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
                 store.update(checkpoints={rid: {**ctx.subject.provenance(), "reference": refs.get(rid)}})
-                for name, ev, cells in plan:
+                for name, ev, cells in plan_:
                     for cell in [c for c in cells if not store.done(rid, c)]:
                         shift = f"{cell.shift} s{cell.severity}" if cell.severity else cell.shift
                         bar.set_postfix_str(f"{rid} {name} {shift}")
@@ -142,16 +128,57 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     return store.write_table()
 
 
-def _check_shifts(wanted: set[str], plan) -> None:
-    known = {c.shift for _, _, cells in plan for c in cells} | {n for n, _, _ in plan}
-    every = sorted(known | set(CORRUPTIONS.names()) | set(EVALUATIONS.names()))
+def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | None = None, shifts: list[str] | None = None,
+         quick: bool = False, device: str | None = None, seed: int = 0, batch_size: int = 64,
+         progress: bool = True, **options: Any) -> tuple[Bank, str, list, ResultsStore | None]:
+    """Check an evaluation completely and lay it out, writing nothing: the bank, its results
+    tag, per subject its context with ``[(evaluation name, evaluation, cells)]``, and the
+    results store of ``out`` (checked, not created; None without ``out``). Unknown
+    options, bad values, an unavailable device, shift names that select nothing and options
+    that do not fit the model or data are refused here."""
+    from robustfeat.evaluations.base import option_overrides, require_in_bank
+
+    if batch_size < 1:
+        raise EvaluationError(f"batch size must be positive, got {batch_size}")
+    overrides = option_overrides(options)  # unknown options and bad values fail before anything is read
+    chosen = choose_bank(bank, {s.family for s in subjects})
+    require_in_bank(overrides, {e.evaluation for e in chosen.entries}, chosen.name)
+    tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
+    store = ResultsStore(out, tag) if out is not None else None  # checks the folder; writes nothing
+    base_dir = store.root / "base" if store is not None else Path(os.devnull)
+    pick_device(device)  # an unavailable device is refused before anything is written
+    run_options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress)
+    evaluations = chosen.evaluations(quick, overrides)
+    wanted = set(shifts) if shifts else None
+    pool = BasePool()
+    plans = []
+    for i, subject in enumerate(subjects):
+        ctx = EvalContext(subject=subject, options=run_options, base_dir=base_dir, pool=pool)
+        every = [(name, ev, ev.cells(ctx)) for name, ev in evaluations if ev.applies_to(ctx.family)]
+        if i == 0 and wanted:
+            check_shifts(wanted, every, chosen.name + (" (quick)" if quick else ""))
+        ctx.release()  # planning may load the model; only the checkpoint being evaluated stays in memory
+        plans.append((ctx, [(name, ev, ev.select(cells, wanted)) for name, ev, cells in every]))
+    if wanted and not any(c for _, _, cells in plans[0][1] for c in cells):
+        raise EvaluationError(f"the shifts asked for ({', '.join(sorted(wanted))}) select no cell of bank "
+                              f"{chosen.name} for the first checkpoint")
+    return chosen, tag, plans, store
+
+
+def check_shifts(wanted: set[str], plan, bank: str) -> None:
+    """Refuse shift names that name no cell and no evaluation of ``plan`` (``[(name,
+    evaluation, cells)]``, before selection); a suggestion comes from the same names the
+    message lists."""
+    here = sorted({c.shift for _, _, cells in plan for c in cells} | {n for n, _, _ in plan})
     for s in sorted(wanted):
-        if s not in every:
-            close = difflib.get_close_matches(s, every, n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UnknownNameError(f"unknown shift '{s}' for this bank.{hint} Shifts here: {', '.join(sorted(known))}.")
-    if not any(c for _, _, cells in plan for c in cells):
-        raise EvaluationError(f"--shifts {','.join(sorted(wanted))} selects no cell of this bank for the first checkpoint")
+        if s in here:
+            continue
+        if s in CORRUPTIONS or s in EVALUATIONS:
+            raise UnknownNameError(f"shift '{s}' is not part of bank {bank} for this checkpoint. "
+                                   f"Shifts here: {', '.join(here)}.")
+        close = difflib.get_close_matches(s, here, n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UnknownNameError(f"unknown shift '{s}'.{hint} Shifts here: {', '.join(here)}.")
 
 
 def _provenance(bank: Bank, tag: str, quick: bool, seed: int) -> dict[str, Any]:

@@ -149,3 +149,66 @@ class RunSubject(Subject):
         r = self.record
         return load_model(r.model, num_labels=max(len(r.label_names), 2), seed=r.seed, max_length=r.max_length or 128,
                           image_size=r.config_dict.get("image_size"), device=pick_device(device))
+
+
+class PlannedSubject(Subject):
+    """A checkpoint that a training configuration *will* make, before it is trained: the base
+    with fresh adapters. It lets a sweep check its evaluation settings (shift names, options
+    that name columns) against the real model and data before any trial runs; it is never
+    evaluated."""
+
+    weights_sha256 = ""
+    base_fingerprint = "planned"
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.path = Path(f"<{config.model}/{config.data}/{config.method}>")
+        self._built: tuple | None = None
+
+    def _build(self, device: str | None = None) -> tuple:
+        if self._built is None:
+            from robustfeat.environment import pick_device
+            from robustfeat.train.loop import build
+
+            self._built = build(self.config, pick_device(device), progress=False)
+        return self._built
+
+    @property
+    def id(self) -> str:
+        return "planned"
+
+    method = property(lambda self: self.config.method)  # type: ignore[assignment]
+    model = property(lambda self: self.config.model)  # type: ignore[assignment]
+    data = property(lambda self: self.config.data)  # type: ignore[assignment]
+    seed = property(lambda self: self.config.seed)  # type: ignore[assignment]
+    family = property(lambda self: self._build()[0].info.family)  # type: ignore[assignment]
+    data_name = property(lambda self: self._build()[1].name)  # type: ignore[assignment]
+    data_fingerprint = property(lambda self: self._build()[1].fingerprint)  # type: ignore[assignment]
+    label_names = property(lambda self: list(self._build()[1].label_names or []))  # type: ignore[assignment]
+
+    @property
+    def targets(self) -> list[str]:  # type: ignore[override]
+        from robustfeat.registry import ADAPTERS
+
+        if not ADAPTERS.get(self.config.method).uses_targets:
+            return []
+        from robustfeat.adapters.checkpoint import adapter_state
+
+        return list(adapter_state(self._build()[0].model).targets)
+
+    def reference_facts(self) -> dict[str, Any]:
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def base_key(self) -> str:
+        return "planned"
+
+    def load(self, device: str | None) -> tuple:
+        handle, data, _ = self._build(device)
+        return handle, data
+
+    def load_base(self, device: str | None):
+        return self._build(device)[0]

@@ -7,9 +7,19 @@ model inputs, what the task output is, and which representation the drift probes
 * ``logits(inputs)``: the task output (class logits, or next-token logits for causal LMs);
 * ``loss(inputs, table)``: the training loss for the family;
 * ``features(inputs, layers=None) -> {layer: (N, D)}``: pooled representations per layer.
+
+``logits``, ``features`` and ``eval_sums`` are inference calls: each runs with the model in
+eval mode (dropout off, normalisation statistics frozen) and without gradients, then puts
+back the modes it found, so two identical calls give identical outputs whatever the model's
+state. Families implement ``forward`` (the task output in the model's current mode, what
+``loss`` trains on), ``_features`` and ``_eval_sums``.
 """
 
+
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -51,25 +61,52 @@ class ModelHandle:
         self.model.to(device)
         return self
 
+    # --- inference: always in eval mode --------------------------------------------------
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode and no gradients for the block; every module's mode is put back after."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.inference():
+            return self.forward(inputs)
+
+    def features(self, inputs: dict[str, torch.Tensor], layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        with self.inference():
+            return self._features(inputs, layers)
+
+    def eval_sums(self, inputs: dict[str, torch.Tensor], table: Table) -> dict[str, float]:
+        """Per-batch sums for the validation metric."""
+        with self.inference():
+            return self._eval_sums(inputs, table)
+
     # --- family-specific ------------------------------------------------------------------
     def preprocess(self, table: Table) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task output in the model's current mode (training uses this)."""
         raise NotImplementedError
 
     def loss(self, inputs: dict[str, torch.Tensor], table: Table) -> torch.Tensor:
         raise NotImplementedError
 
-    def features(self, inputs: dict[str, torch.Tensor], layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def _features(self, inputs: dict[str, torch.Tensor], layers: list[str] | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def labels(self, table: Table) -> torch.Tensor:
         return torch.as_tensor(table["label"], dtype=torch.long, device=self.device)
 
-    def eval_sums(self, inputs: dict[str, torch.Tensor], table: Table) -> dict[str, float]:
-        """Per-batch sums for the validation metric (accuracy by default)."""
-        pred = self.logits(inputs).argmax(-1).cpu().numpy()
+    def _eval_sums(self, inputs: dict[str, torch.Tensor], table: Table) -> dict[str, float]:
+        """Accuracy sums by default."""
+        pred = self.forward(inputs).argmax(-1).cpu().numpy()
         return {"correct": float((pred == table["label"]).sum()), "count": float(len(table))}
 
     def metric(self, totals: dict[str, float]) -> tuple[str, float]:

@@ -61,10 +61,10 @@ class TextHandle(ModelHandle):
                              max_length=self.max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def logits(self, inputs):
+    def forward(self, inputs):
         return self.model(**inputs).logits
 
-    def features(self, inputs, layers=None):
+    def _features(self, inputs, layers):
         hidden = self.model.base_model(**inputs, output_hidden_states=True).hidden_states  # embeddings + layers
         feats = {f"layer{i}": mean_pool(h, inputs.get("attention_mask")) for i, h in enumerate(hidden)}
         feats["embedding"] = feats[f"layer{len(hidden) - 1}"]
@@ -83,7 +83,7 @@ class TextClassifier(TextHandle):
         super().__init__(model, tokenizer, info, head, max_length)
 
     def loss(self, inputs, table):
-        return F.cross_entropy(self.logits(inputs), self.labels(table))
+        return F.cross_entropy(self.forward(inputs), self.labels(table))
 
 
 class CausalLM(TextHandle):
@@ -98,7 +98,7 @@ class CausalLM(TextHandle):
         super().__init__(model, tokenizer, info, [], max_length)
 
     def _token_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(inputs)[:, :-1]
+        logits = self.forward(inputs)[:, :-1]
         target = inputs["input_ids"][:, 1:]
         m = inputs["attention_mask"]
         mask = (m[:, 1:] * m[:, :-1]).to(logits.dtype)  # a real token predicted from a real token
@@ -109,7 +109,7 @@ class CausalLM(TextHandle):
         total, count = self._token_nll(inputs)
         return total / count.clamp(min=1.0)
 
-    def eval_sums(self, inputs, table) -> dict[str, float]:
+    def _eval_sums(self, inputs, table) -> dict[str, float]:
         total, count = self._token_nll(inputs)
         return {"nll": float(total), "tokens": float(count)}
 

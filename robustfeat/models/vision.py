@@ -83,7 +83,7 @@ class ImageClassifier(ModelHandle):
         x = ((x - self.mean) / self.std).contiguous()
         return {"pixel_values": x.to(self.device)}
 
-    def logits(self, inputs):
+    def forward(self, inputs):
         return self.model(inputs["pixel_values"])
 
     def model_view(self, images: np.ndarray) -> np.ndarray:
@@ -101,12 +101,13 @@ class ImageClassifier(ModelHandle):
 
     def pretrained_logits(self, inputs) -> torch.Tensor:
         """Logits of the kept pretrained (ImageNet) head: the forgetting probes read these."""
-        return self.model.pretrained_logits(inputs["pixel_values"])
+        with self.inference():
+            return self.model.pretrained_logits(inputs["pixel_values"])
 
     def loss(self, inputs, table):
-        return F.cross_entropy(self.logits(inputs), self.labels(table))
+        return F.cross_entropy(self.forward(inputs), self.labels(table))
 
-    def features(self, inputs, layers=None):
+    def _features(self, inputs, layers):
         wanted = self.feature_layers if layers is None else [l for l in layers if l != "embedding"]
         feats: dict[str, torch.Tensor] = {}
         with ExitStack() as stack:

@@ -409,6 +409,7 @@ def load_model(
         handle = _generic(name_or_path, family, num_labels, seed, max_length, image_size)
     if device is not None:
         handle.to(device)
+    handle.model.eval()  # loaded for inference; training switches modes itself (train_mode)
     return handle
 
 

@@ -7,31 +7,43 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.sweep.backends import get_backend, pending
-from robustfeat.sweep.grid import TrialSpec, Grid, GridError, code_version, parse_grid, read_grid
+from robustfeat.sweep.grid import TrialSpec, Grid, GridError, check_evaluations, code_version, parse_grid, read_grid
 from robustfeat.sweep.run import run_trial
 
 __all__ = ["TrialSpec", "Grid", "GridError", "code_version", "parse_grid", "read_grid", "run_trial", "sweep"]
 
 
 def sweep(grid: str | os.PathLike | Grid, out: str | os.PathLike, backend: str = "local", address: str | None = None,
-          report: bool = True, progress: bool = True) -> dict[str, Any]:
+          report: bool = True, progress: bool = True,
+          on_start: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run every unfinished trial of ``grid`` with ``backend`` into ``out`` and write
-    ``out/report.html`` over all trials; returns the trial records, counts and wall time."""
+    ``out/report.html`` over all trials; returns the trial records, counts and wall time.
+    The whole grid is checked first; ``on_start(trials, to_run)`` is called once it passed."""
     g = grid if isinstance(grid, Grid) else read_grid(grid)
     runner = get_backend(backend, address)  # a bad backend or address fails before any work
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise RobustfeatError(f"--out '{out}' is a file; give a folder for the sweep")
-    out.mkdir(parents=True, exist_ok=True)
+    check_evaluations(g)  # the whole grid, evaluation settings included, before any trial runs
     trials = list(g.trials)
     todo = pending(trials, out)
+    if on_start is not None:
+        on_start(len(trials), len(todo))
     t0 = time.perf_counter()
     if todo:
-        runner.run(todo, out, g.resources, progress)
+        made = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            runner.run(todo, out, g.resources, progress)
+        except BaseException:
+            if made and not any(out.iterdir()):  # refused before any trial began: leave nothing behind
+                out.rmdir()
+            raise
     records = [run_trial(spec, out) for spec in trials]  # all finished now: reads each done.json
     info: dict[str, Any] = {"trials": len(trials), "ran": len(todo), "skipped": len(trials) - len(todo),
                             "wall_s": time.perf_counter() - t0, "records": records, "report": None}

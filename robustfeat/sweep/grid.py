@@ -169,6 +169,30 @@ def parse_grid(doc: Any, source: str = "<grid>") -> Grid:
     return Grid(tuple(trials), dict(resources), source)
 
 
+def check_evaluations(grid: Grid) -> None:
+    """Check each trial's evaluation against its real model and data before any trial runs:
+    shift names, options that name columns or files, the bank. The base model and data of
+    each distinct (model, data, method) are loaded once for this; nothing is trained or written."""
+    from robustfeat.evaluations.runner import plan
+    from robustfeat.evaluations.subject import PlannedSubject
+    from robustfeat.train import TrainConfig
+
+    seen = set()
+    for spec in grid.trials:
+        t = spec.train
+        key = (t["model"], t["data"], t["method"], json.dumps(spec.evaluate, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        opts = dict(spec.evaluate)
+        shifts = opts.pop("shifts", None)
+        try:
+            plan([PlannedSubject(TrainConfig.from_dict(t))], None, shifts=list(shifts) if shifts else None,
+                 progress=False, **opts)
+        except RobustfeatError as e:
+            raise GridError(f"{grid.source}: trial {spec.name}: evaluate: {e}") from None
+
+
 def read_grid(path: str | os.PathLike) -> Grid:
     import yaml
 

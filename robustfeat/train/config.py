@@ -91,6 +91,13 @@ class _TrainConfigMethods:
             raise ConfigError(f"targets must be a name, a list of names or unset, got {t!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        # one spelling per value: epochs=2 from Python and --epochs 2 (2.0) are the same run
+        floats = {"epochs", "lr", "weight_decay", "warmup_ratio"} | {
+            f.name for f in hyperparameters() if f.metadata["type"] is float}
+        for name in floats:
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, name, float(v))
 
     def adapter_kwargs(self) -> dict[str, Any]:
         """The hyperparameters given (the others stay at AdapterConfig's defaults)."""

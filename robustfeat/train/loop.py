@@ -46,6 +46,8 @@ class RunResult:
     steps: int
     resumed_from: int
     record: dict[str, Any]
+    #: the same command had already finished in ``out``: nothing was trained this time
+    already_finished: bool = False
 
 
 def finished_run(out: Path, config: TrainConfig) -> RunResult | None:
@@ -61,8 +63,8 @@ def finished_run(out: Path, config: TrainConfig) -> RunResult | None:
     if not record.matches(config):
         return None
     val = record.validation
-    return RunResult(out, val.get("metric", ""), float(val.get("value", float("nan"))), record.steps, record.steps,
-                     record.raw)
+    return RunResult(out, val.get("metric", ""), float(val.get("value", float("nan"))), record.steps,
+                     int(record.raw.get("resumed_from_step") or 0), record.raw, already_finished=True)
 
 
 def check_output(out: Path, digest: str, overwrite: bool) -> bool:

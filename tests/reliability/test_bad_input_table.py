@@ -1,7 +1,8 @@
 """One table of bad input over every command. Each case must exit with code 2 and one
-clear line on stderr (no traceback), and leave every existing result byte-identical: a
-checkpoint, a results folder, a report and a sweep folder are snapshotted before and
-compared after the whole table."""
+clear line on stderr (no traceback), and leave the whole tree it ran in exactly as it was:
+every file byte-identical (a checkpoint, a results folder, a report, a sweep folder, an
+interrupted run) and nothing created, no lock file and no empty or half-made folder. The
+tree is compared before and after each case."""
 
 from __future__ import annotations
 
@@ -71,6 +72,18 @@ def world(tmp_path_factory):
     shutil.copytree(results, foreign)
     (foreign / "results.json").write_text(json.dumps({"format": "something-else"}))
     (bad / "bad.yaml").write_text("models: [tiny-cnn\n")
+    (bad / "oneclass.csv").write_text("text,label\n" + "".join(f"a good film {i},pos\n" for i in range(30)))
+    # an interrupted run whose data changed since it started
+    (bad / "reviews.csv").write_text("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(60)))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(TrainConfig(model="tiny-bert", data=str(bad / "reviews.csv"), method="lora", epochs=2), bad / "interrupted",
+                 progress=False, stop_after=2)
+    (bad / "reviews.csv").write_text("text,label\n" + "".join(f"review {i},{1 - i % 2}\n" for i in range(60)))
+    for name, evaluate_doc in (("fogg", {"quick": True, "shifts": ["fogg"]}),
+                               ("nocolumn", {"quick": True, "shifts": ["fog"], "domain_column": "nope"})):
+        (bad / f"grid-{name}.yaml").write_text(yaml.safe_dump({
+            "models": ["tiny-cnn"], "datasets": ["mnist-5k"], "methods": ["lora", "vefa"], "seeds": [0],
+            "train": {"image_size": 32, "max_examples": 64, "max_eval_examples": 32}, "evaluate": evaluate_doc}))
     (bad / "a-file").write_text("precious")
     return {"root": root, "ckpt": ckpt, "results": results, "report": report, "grid": grid, "sweep": root / "sweep",
             "bad": bad, "nan": nan, "trunc": trunc, "tiny_images": tiny_images, "other": other, "broken": broken,
@@ -107,6 +120,12 @@ def cases(w):
          "not a folder"),
         (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "vefa", "--out", ck],
          "already holds a finished checkpoint"),
+        (["finetune", "--model", "tiny-bert", "--data", b / "oneclass.csv", "--method", "lora", "--out", out],
+         "holds one class only ('pos')"),
+        (["finetune", "--model", "tiny-bert", "--data", b / "reviews.csv", "--method", "lora", "--epochs", "2",
+          "--out", b / "interrupted"], "the data changed since the interrupted run"),
+        (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--image-size", "32",
+          "--device", "cuda", "--out", b / "runs" / "new"], "cuda"),
         # evaluate
         (["evaluate", b / "nope", "--out", out], "does not exist"),
         (["evaluate", w["nan"], "--quick", "--out", out], "NaN or inf"),
@@ -114,6 +133,11 @@ def cases(w):
         (["evaluate", ck, "--quick", "--out", w["other"]], "holds results of bank image-v0"),
         (["evaluate", ck, "--quick", "--batch-size", "0", "--out", out], "batch size must be positive"),
         (["evaluate", ck, "--quick", "--shifts", "fgo", "--out", out], "Did you mean 'fog'"),
+        (["evaluate", ck, "--quick", "--shifts", "fogg", "--out", res], "Did you mean 'fog'"),  # an existing folder
+        (["evaluate", ck, "--quick", "--shifts", "zoom_blur", "--out", res], "not part of bank image (quick)"),
+        (["evaluate", ck, "--quick", "--domain-column", "nope", "--out", res], "domain column 'nope' is not a column"),
+        (["evaluate", ck, "--quick", "--domain-column", "nope", "--out", out], "domain column 'nope' is not a column"),
+        (["evaluate", ck, "--quick", "--device", "cuda", "--out", out], "cuda"),
         (["evaluate", ck, "--quick", "--imagenet", b / "nope", "--out", out], "--imagenet folder"),
         (["evaluate", ck, "--quick", "--out", res, "--seed", "3"], "holds results of bank"),
         # report
@@ -128,40 +152,62 @@ def cases(w):
         (["sweep", w["grid"], "--backend", "slurm", "--out", w["sweep"]], "unknown backend 'slurm'"),
         (["sweep", w["grid"], "--address", "1.2.3.4:6379", "--out", w["sweep"]], "--address is for the ray backend"),
         (["sweep", w["grid"], "--out", b / "a-file"], "is a file"),
+        (["sweep", b / "grid-fogg.yaml", "--out", out], "unknown shift 'fogg'. Did you mean 'fog'?"),
+        (["sweep", b / "grid-nocolumn.yaml", "--out", out], "domain column 'nope' is not a column"),
+        (["sweep", b / "grid-fogg.yaml", "--out", w["sweep"]], "unknown shift 'fogg'"),
         # quickstart
         (["quickstart", "--out", b / "a-file"], "is a file"),
     ]
 
 
-def _snapshot(w) -> dict[Path, bytes]:
-    keep = [w["ckpt"], w["results"], w["report"], w["sweep"], w["bad"] / "a-file", w["other"]]
-    files = {}
-    for k in keep:
-        for p in ([k] if k.is_file() else k.rglob("*")):
-            if p.is_file() and not p.name.endswith(".lock"):
-                files[p] = p.read_bytes()
-    return files
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Everything under ``root``: each file's bytes and each folder (None), locks and hidden files included."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _changes(before: dict, after: dict) -> list[str]:
+    return ([f"created {k}" for k in after.keys() - before.keys()] + [f"removed {k}" for k in before.keys() - after.keys()]
+            + [f"changed {k}" for k in before.keys() & after.keys() if before[k] != after[k]])
 
 
 def test_every_bad_input_is_one_line_and_harmless(world, capsys):
     from robustfeat.cli import main
 
-    before = _snapshot(world)
-    table = cases(world)
+    import torch
+
+    table = [(a, m) for a, m in cases(world) if not ("--device" in a and torch.cuda.is_available())]
     failures = []
     for args, match in table:
+        before = _tree(world["root"])
         capsys.readouterr()
         try:
             code = main([*map(str, args)])
         except SystemExit as e:  # argparse's own exit, after our one-line message
             code = e.code
         err = capsys.readouterr().err.strip().splitlines()
-        if code != 2 or len(err) != 1 or match not in err[0] or "Traceback" in err[0]:
-            failures.append((args, code, err[-3:]))
+        changes = _changes(before, _tree(world["root"]))
+        if code != 2 or len(err) != 1 or match not in err[0] or "Traceback" in err[0] or changes:
+            failures.append((args, code, err[-3:], sorted(changes)[:5]))
     assert not failures, failures
-    assert _snapshot(world) == before
-    assert not (world["bad"] / "new-out").exists() or not any((world["bad"] / "new-out").rglob("*.csv"))
-    assert len(table) >= 35
+    assert len(table) >= 45
+
+
+def test_the_tree_check_sees_a_stray_lock_and_a_rewrite(world):
+    """The comparison the table relies on notices what a careless refusal leaves behind."""
+    root = world["root"]
+    before = _tree(root)
+    (world["bad"] / "runs").mkdir()
+    (world["bad"] / ".x.lock").write_text("")
+    meta = world["results"] / "results.json"
+    old = meta.read_bytes()
+    meta.write_bytes(old.replace(b'"date"', b'"date" ', 1))
+    try:
+        changes = _changes(before, _tree(root))
+    finally:
+        meta.write_bytes(old)
+        (world["bad"] / ".x.lock").unlink()
+        (world["bad"] / "runs").rmdir()
+    assert sorted(changes) == ["changed results/results.json", "created bad/.x.lock", "created bad/runs"]
 
 
 def test_the_same_through_a_real_process(world):
