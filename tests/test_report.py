@@ -305,3 +305,138 @@ def test_a_text_only_report_explains_only_what_it_holds(tmp_path):
     table = html[html.index('id="effective-table"'):]
     table = table[:table.index("</table>")]
     assert "mean-ood" in table and "slope 1 in logit space through the mean base point" in table
+
+
+# --- the summary numbers a reader sees are the headline table's --------------------------------
+def _three_seeds(res, root):
+    """``res`` with every checkpoint repeated as seeds 1 and 2 (values scaled slightly), so the
+    summary has t-intervals to show."""
+    out = root / "three-seeds"
+    shutil.copytree(res, out)
+    frame = pd.read_csv(out / "results.csv")
+    meta = json.loads((out / "results.json").read_text())
+    parts = [frame]
+    for s in (1, 2):
+        more = frame.copy()
+        more["checkpoint"] = more.checkpoint + f"-s{s}"
+        more["seed"] = s
+        more["value"] = more.value * (1 - 0.013 * s)
+        parts.append(more)
+        for k, v in list(meta["checkpoints"].items()):
+            if not k.endswith(("-s1", "-s2")):
+                meta["checkpoints"][f"{k}-s{s}"] = {**v, "seed": s}
+    pd.concat(parts).to_csv(out / "results.csv", index=False)
+    (out / "results.json").write_text(json.dumps(meta))
+    return out
+
+
+def _shown(text: str, value: float, digits: int) -> bool:
+    """Whether ``text`` shows ``value`` to ``digits`` significant digits."""
+    shown = float(text.strip().rstrip("*"))
+    if value == 0:
+        return shown == 0
+    return abs(shown - value) <= 0.5 * 10 ** (math.floor(math.log10(abs(value))) - digits + 1) * 1.0001
+
+
+def _expected(res):
+    from robustfeat.report.summary import headlines
+
+    table = headline_table(load_results([res]).frame)
+    present = [h for h in headlines() if h.key in table and table[h.key].notna().any()]
+    assert len(present) >= 4 and (table["seeds"] == 3).all()
+    return table, present
+
+
+class _SummaryTable:
+    """The cells of the HTML report's summary table: per row, per cell, (value text, CI text)."""
+
+    def __init__(self, html: str) -> None:
+        from html.parser import HTMLParser
+
+        rows: list[list[list[str]]] = []
+        headers: list[str] = []
+        state = {"in": False, "cell": None, "ci": False, "th": None}
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                if tag == "table" and a.get("id") == "summary-table":
+                    state["in"] = True
+                elif state["in"] and tag == "tr":
+                    rows.append([])
+                elif state["in"] and tag == "td":
+                    state["cell"] = ["", ""]
+                elif state["in"] and tag == "th":
+                    state["th"] = ""
+                elif state["in"] and tag == "span" and "ci" in (a.get("class") or ""):
+                    state["ci"] = True
+
+            def handle_endtag(self, tag):
+                if tag == "table" and state["in"]:
+                    state["in"] = False
+                elif state["in"] and tag == "td":
+                    rows[-1].append(state["cell"])
+                    state["cell"] = None
+                elif state["in"] and tag == "th":
+                    headers.append(state["th"].strip())
+                    state["th"] = None
+                elif tag == "span":
+                    state["ci"] = False
+
+            def handle_data(self, data):
+                if state["cell"] is not None:
+                    state["cell"][1 if state["ci"] else 0] += data
+                elif state["th"] is not None:
+                    state["th"] += data
+
+        P().feed(html)
+        self.headers = headers
+        self.rows = [r for r in rows if r]
+
+
+def test_html_summary_numbers_are_the_headline_table(results, tmp_path):
+    res = _three_seeds(results[0], tmp_path)
+    table, present = _expected(res)
+    shown = _SummaryTable(build_report([res], tmp_path / "r.html").read_text())
+    assert [h.split(" ")[0] for h in shown.headers[4:]] == [h.label.split(" ")[0] for h in present]
+    assert len(shown.rows) == len(table)
+    checked = 0
+    for (_, r), cells in zip(table.iterrows(), shown.rows):
+        assert [c[0] for c in cells[:4]] == [r["model"], r["data"], r["method"], str(int(r["seeds"]))]
+        for h, (value, ci) in zip(present, cells[4:]):
+            assert _shown(value, r[h.key], 4), (h.key, value, r[h.key])
+            lo, hi = ci.strip().rstrip("*").strip("[]").split(",")
+            assert _shown(lo, r[f"{h.key}_lo"], 3) and _shown(hi, r[f"{h.key}_hi"], 3), (h.key, ci)
+            assert ci.endswith("*") == bool(r[f"{h.key}_clipped"])
+            checked += 1
+    assert checked >= 8
+
+
+def test_pdf_summary_numbers_are_the_headline_table(results, tmp_path):
+    """The PDF's summary section holds exactly the headline table's numbers (values, interval
+    ends and seed counts), each shown to its printed precision."""
+    import re
+
+    res = _three_seeds(results[0], tmp_path)
+    table, present = _expected(res)
+    pdf = build_report([res], tmp_path / "r.pdf")
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    lines = text.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.strip() == "Summary")
+    end = next(i for i, l in enumerate(lines) if i > start and l.strip() == "Effective robustness")
+    header = next(i for i in range(start, end) if lines[i].lstrip().startswith("model"))
+    body = "\n".join(lines[header + 1:end])
+    for name in set(table.model) | set(table.data) | set(table.method):
+        body = body.replace(name, " ")
+    numbers = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", body)]
+    wanted = []
+    for _, r in table.iterrows():
+        wanted.append((float(r["seeds"]), 9))
+        for h in present:
+            wanted += [(r[h.key], 4), (r[f"{h.key}_lo"], 3), (r[f"{h.key}_hi"], 3)]
+    assert len(numbers) == len(wanted), (numbers, wanted)
+    left = list(numbers)
+    for value, digits in wanted:
+        match = next((p for p in left if _shown(repr(p), value, digits)), None)
+        assert match is not None, (value, digits, left)
+        left.remove(match)

@@ -1,5 +1,6 @@
 """Determinism: the same seed gives byte-identical results files (timestamps aside) for
-fine-tuning, evaluation (CSV, Parquet, cells) and corrupted sets; another seed does not."""
+fine-tuning, evaluation (CSV, Parquet, cells) and corrupted sets, each evaluation computing
+its corrupted sets afresh in a cache of its own; another seed gives other results."""
 
 from __future__ import annotations
 
@@ -26,7 +27,18 @@ def _config(seed=0):
                        max_eval_examples=64, seed=seed, checkpoint_every=100)
 
 
-def test_same_seed_same_bytes(tmp_path):
+def _own_cache(monkeypatch, folder):
+    """Corrupted sets are generated into ``folder`` (fresh), never read from another run's cache."""
+    import robustfeat.shifts.cache as shift_cache
+
+    monkeypatch.setattr(shift_cache, "cache_root", lambda: folder)
+
+
+def _corrupted_sets(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*.npz"))}
+
+
+def test_same_seed_same_bytes(tmp_path, monkeypatch):
     runs = [tmp_path / "a", tmp_path / "b"]
     for r in runs:
         finetune(_config(), r, progress=False)
@@ -39,8 +51,13 @@ def test_same_seed_same_bytes(tmp_path):
     assert _strip(json.loads((a / "robustfeat.json").read_text())) == _strip(json.loads((b / "robustfeat.json").read_text()))
     shifts = ["clean", "fog", "gaussian_noise", "imagenet-agreement", "cka", "weights"]
     ra, rb = tmp_path / "ra", tmp_path / "rb"
-    evaluate([a], ra, quick=True, shifts=shifts, progress=False)
-    evaluate([b], rb, quick=True, shifts=shifts, progress=False)
+    for ckpt, res in ((a, ra), (b, rb)):
+        _own_cache(monkeypatch, tmp_path / f"cache-{res.name}")
+        evaluate([ckpt], res, quick=True, shifts=shifts, progress=False)
+    sets_a, sets_b = _corrupted_sets(tmp_path / "cache-ra"), _corrupted_sets(tmp_path / "cache-rb")
+    assert len(sets_a) >= 2 and sets_a == sets_b  # generated twice, the same bytes
+    ma, mb = (json.loads((r / "results.json").read_text()) for r in (ra, rb))
+    assert _strip(ma["provenance"]) == _strip(mb["provenance"])
     # the checkpoints sit in different folders: their ids differ only in the folder name
     csv_a = (ra / "results.csv").read_text().replace("a-", "X-")
     csv_b = (rb / "results.csv").read_text().replace("b-", "X-")
@@ -79,3 +96,26 @@ def test_corrupted_sets_and_another_seed(tmp_path):
     finetune(_config(0), a, progress=False)
     finetune(_config(1), b, progress=False)
     assert (a / "adapter_model.safetensors").read_bytes() != (b / "adapter_model.safetensors").read_bytes()
+
+
+def test_another_evaluation_seed_gives_other_results(tmp_path, monkeypatch):
+    """evaluate(seed=1) draws other corruptions and other bootstrap resamples: the corrupted
+    rows change, while the clean accuracy (no randomness in it) stays."""
+    import pandas as pd
+
+    ck = tmp_path / "ck"
+    # a model that has learned something, so that other corruption draws move its predictions
+    finetune(TrainConfig(model="tiny-cnn", data="mnist-5k", method="lora", image_size=32, max_examples=512,
+                         max_eval_examples=128, lr=0.05, epochs=2, checkpoint_every=1000), ck, progress=False)
+    tables = {}
+    for seed in (0, 1):
+        _own_cache(monkeypatch, tmp_path / f"cache-{seed}")
+        evaluate([ck], tmp_path / f"r{seed}", quick=True, shifts=["clean", "gaussian_noise"], seed=seed, progress=False)
+        tables[seed] = pd.read_csv(tmp_path / f"r{seed}" / "results.csv")
+    assert _corrupted_sets(tmp_path / "cache-0") != _corrupted_sets(tmp_path / "cache-1")
+    key = ["evaluation", "shift", "severity", "metric"]
+    t0, t1 = (t.set_index(key)["value"] for t in (tables[0], tables[1]))
+    noisy = [k for k in t0.index if k[1] == "gaussian_noise" and k[3] in ("error", "accuracy")]
+    assert noisy and any(t0[k] != t1[k] for k in noisy)
+    clean = [k for k in t0.index if k[0] == "clean" and k[3] == "accuracy"]
+    assert clean and all(t0[k] == t1[k] for k in clean)
