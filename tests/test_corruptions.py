@@ -12,7 +12,8 @@ must fail against the reference at each neighbouring severity.
   reference bit for bit.
 - Random corruptions: per-photo statistics of the perturbation over several draws, paired
   by photo, must agree with the reference's at the same severity and disagree at the
-  neighbouring ones, by one criterion (``severity_agrees``)."""
+  neighbouring ones, by one criterion (``severity_agrees``).
+- Glass blur's pixel scan equals the reference's when given the reference's own draws."""
 
 from __future__ import annotations
 
@@ -267,6 +268,42 @@ def test_only_severities_with_equal_reference_constants_are_excused():
         assert len(table) == 5, name
         equal |= {(name, s) for s in range(1, 5) if table[s - 1] == table[s]}
     assert set(SAME_CONSTANTS) == equal
+
+
+# --- glass blur: the reference's sequential scan, quirk included --------------------------------
+def reference_glass_draws(seed: int, delta: int):
+    """The offsets the reference's glass-blur scan uses: it seeds numpy's generator with
+    ``seed`` and draws np.random.randint(-delta, delta, size=2) -> (dx, dy) for each pixel in
+    scan order (its compiled scan draws the same numbers)."""
+    rs = np.random.RandomState(seed)
+    return lambda n: [tuple(rs.randint(-delta, delta, size=2).tolist()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("severity", range(1, 6))
+def test_glass_blur_scan_equals_the_reference_given_its_draws(photos, severity, monkeypatch):
+    """Given the reference's own draws, our scan moves the same pixels: on the 8-bit image
+    it equals the reference's scan exactly, including the tuple "swap" that copies the
+    neighbour in and keeps it (pixels duplicated, others lost; a real swap would permute),
+    and the whole corruption equals the reference's to within 8-bit truncation."""
+    from imagecorruptions import corrupt as ref
+    from imagecorruptions.corruptions import _shuffle_pixels_njit_glass_blur as reference_scan
+
+    import robustfeat.shifts.corruptions as C
+
+    constants = reference_severity_table("glass_blur")[severity - 1]  # (sigma, delta, iterations)
+    _, delta, iterations = constants
+    im = np.ascontiguousarray(photos[severity, 5:45, 3:55])  # 40 x 52: rows and columns differ
+    h, w = im.shape[:2]
+    seed = 100 + severity
+    source = C.glass_scan(h, w, delta, iterations, reference_glass_draws(seed, delta))
+    want = reference_scan(h, w, im.copy(), constants, seed)
+    assert np.array_equal(im.reshape(-1, 3)[source].reshape(im.shape), want)
+    assert len(np.unique(source)) < source.size  # the quirk: not a permutation
+    injected = torch.from_numpy(np.stack([source] * C.GLASS_VARIANTS))
+    monkeypatch.setattr(C, "glass_permutations", lambda *_: injected)
+    got = ours_8bit(im[None], "glass_blur", severity)[0].astype(int)
+    diff = np.abs(got - ref(im, corruption_name="glass_blur", severity=severity, seed=seed))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.005, (diff.max(), (diff > 0).mean())
 
 
 def test_fog_fractal_has_the_reference_distribution():
