@@ -1,12 +1,23 @@
 """Corruptions: fidelity against the reference implementation (imagecorruptions-imaug
 1.1.5, the maintained ImageNet-C code), determinism, and bad input.
 
-Tolerances: deterministic corruptions must reach PSNR >= 35 dB against the reference on
-every image and severity (measured: 51-56 dB; the rest is the reference's 8-bit rounding);
-pixelate and JPEG, which work on the 8-bit image, must equal it bit for bit; random ones
-must match the reference's perturbation mean within 0.01 and std within 5%."""
+The fidelity tests run on six real photos (``photos``, 96 px) and are built to catch a
+severity constant off by one: what must hold against the reference at the same severity
+must fail against the reference at each neighbouring severity.
+
+- Deterministic corruptions: PSNR >= 50 dB against the reference on every photo and
+  severity (measured: 52.0-57.1 dB; the reference truncates its float image to 8 bits,
+  which alone costs about 53 dB), and under 50 dB on the worst photo against each
+  neighbouring severity (measured: at most 35.8 dB). Pixelate and JPEG equal the
+  reference bit for bit.
+- Random corruptions: per-photo statistics of the perturbation over several draws, paired
+  by photo, must agree with the reference's at the same severity and disagree at the
+  neighbouring ones, by one criterion (``severity_agrees``).
+- Glass blur's pixel scan equals the reference's when given the reference's own draws."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -16,18 +27,33 @@ from robustfeat.errors import RobustfeatError, UnknownNameError
 from robustfeat.registry import CORRUPTIONS
 from robustfeat.shifts.corruptions import corrupt
 
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
 
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
+
+@functools.lru_cache(maxsize=4)
+def load_photos(size: int) -> np.ndarray:
+    """Six real colour photos, four shipped with scikit-image and two with scikit-learn, each
+    centre-cropped square and resized to ``size`` px (LANCZOS): (6, size, size, 3) uint8."""
+    import skimage.data
+    from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    rng = np.random.default_rng(0)
-    crops = []
-    for im in load_sample_images().images:  # two real photos shipped with scikit-learn
-        for _ in range(2):
-            y, x = rng.integers(0, im.shape[0] - 96), rng.integers(0, im.shape[1] - 96)
-            crops.append(im[y:y + 96, x:x + 96])
-    return np.stack(crops)  # (4, 96, 96, 3) uint8
+    from_sklearn = dict(zip(("china", "flower"), load_sample_images().images))
+    out = []
+    for name in PHOTOS:
+        im = from_sklearn[name] if name in from_sklearn else getattr(skimage.data, name)()
+        h, w = im.shape[:2]
+        side = min(h, w)
+        square = im[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        out.append(np.asarray(Image.fromarray(square).resize((size, size), Image.LANCZOS)))
+    photos = np.stack(out)
+    photos.flags.writeable = False
+    return photos
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    return load_photos(96)
 
 
 def ours(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
@@ -35,65 +61,249 @@ def ours(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndar
     return (corrupt(x, name, severity, seed=seed) * 255).permute(0, 2, 3, 1).numpy().astype(np.float64)
 
 
-def reference(images: np.ndarray, name: str, severity: int, seed_per_image: bool = False) -> np.ndarray:
-    """The reference's corruption of each image. Two corruptions take an explicit seed:
-    the same for every image by default, or each image its own (independent draws)."""
+def ours_8bit(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
+    """Ours as 8-bit images, converted the way the reference returns its own: np.uint8 of the
+    float image, which truncates."""
+    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
+    return np.uint8(corrupt(x, name, severity, seed=seed).mul(255).permute(0, 2, 3, 1).numpy())
+
+
+def reference(images: np.ndarray, name: str, severity: int, seed_per_image: bool = False,
+              seed: int = 0) -> np.ndarray:
+    """The reference's corruption of each image (uint8), after seeding numpy's generator with
+    ``seed``. Two corruptions take an explicit seed: ``seed`` for every image by default, or
+    ``seed + i`` for image i (independent draws)."""
     from imagecorruptions import corrupt as ref
 
-    np.random.seed(0)
+    np.random.seed(seed)
     seeded = name in ("impulse_noise", "glass_blur")
     return np.stack([ref(im, corruption_name=name, severity=severity,
-                         **({"seed": i if seed_per_image else 0} if seeded else {}))
-                     for i, im in enumerate(images)]).astype(np.float64)
+                         **({"seed": seed + i if seed_per_image else seed} if seeded else {}))
+                     for i, im in enumerate(images)])
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = ((a - b) ** 2).mean()
+    mse = ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).mean()
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 DETERMINISTIC = [n for n, c in CORRUPTIONS.items() if not c.random]
 RANDOM = [n for n, c in CORRUPTIONS.items() if c.random]
+# (severity, neighbouring severity): a constant off by one would give ours at the first the
+# reference's second
+NEIGHBOURS = [(s, t) for s in range(1, 6) for t in (s - 1, s + 1) if 1 <= t <= 5]
+
+
+def reference_severity_table(name: str) -> list:
+    """The reference's table of severity constants for a corruption, read from its source:
+    the list literal it indexes with ``[severity - 1]``."""
+    import ast
+    import inspect
+
+    from imagecorruptions import corruptions as ref
+
+    for node in ast.walk(ast.parse(inspect.getsource(getattr(ref, name)))):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.List) \
+                and ast.unparse(node.slice) == "severity - 1":
+            # a list of numbers and tuples of them (some written as products: 250 * 0.05)
+            return eval(compile(ast.Expression(node.value), name, "eval"), {"__builtins__": {}})
+    raise AssertionError(f"no severity table found in the reference's {name}")
+
+
+# --- deterministic corruptions: PSNR against the reference ---------------------------------
+PSNR_MIN = 50.0
+
+
+@pytest.fixture(scope="module")
+def deterministic_outputs(photos):
+    """Ours and the reference's corruption of the photos at a severity, each computed once."""
+    done: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def get(side: str, name: str, severity: int) -> np.ndarray:
+        if (side, name, severity) not in done:
+            run = ours if side == "ours" else reference
+            done[side, name, severity] = run(photos, name, severity)
+        return done[side, name, severity]
+
+    return get
 
 
 @pytest.mark.parametrize("severity", range(1, 6))
 @pytest.mark.parametrize("name", DETERMINISTIC)
-def test_deterministic_corruptions_match_the_reference(images, name, severity):
-    got, ref = ours(images, name, severity), reference(images, name, severity)
+def test_deterministic_corruptions_match_the_reference(deterministic_outputs, name, severity):
+    got = deterministic_outputs("ours", name, severity)
+    ref = deterministic_outputs("reference", name, severity)
     worst = min(psnr(g, r) for g, r in zip(got, ref))
-    assert worst >= 35.0, f"{name} severity {severity}: PSNR {worst:.1f} dB"
+    assert worst >= PSNR_MIN, f"{name} severity {severity}: PSNR {worst:.1f} dB"
+
+
+@pytest.mark.parametrize("severity,neighbour", NEIGHBOURS)
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_corruptions_fail_against_the_neighbouring_severity(deterministic_outputs, name,
+                                                                          severity, neighbour):
+    """The threshold tells severities apart: ours at one severity fails it against the
+    reference at the next severity up or down (measured on the worst photo: at most
+    35.8 dB, contrast 4 and 5; on the best photo up to 48.8 dB, saturate 4 and 5 on the
+    flower, whose colours saturate at both)."""
+    got = deterministic_outputs("ours", name, severity)
+    ref = deterministic_outputs("reference", name, neighbour)
+    worst = min(psnr(g, r) for g, r in zip(got, ref))
+    assert worst < PSNR_MIN, f"{name} severity {severity} passes as {neighbour}: PSNR {worst:.1f} dB"
+
+
+# --- random corruptions: paired per-photo statistics ------------------------------------------
+# Draws per photo: enough that the statistic telling neighbouring severities apart has a
+# standard error well under their difference. For the noises one draw of a photo already
+# holds 27,648 values; fog's fine-scale roughness and the motion-blur angle vary most.
+RANDOM_DRAWS = {"gaussian_noise": 2, "shot_noise": 2, "impulse_noise": 2, "speckle_noise": 2,
+                "elastic_transform": 4, "glass_blur": 4, "frost": 4, "motion_blur": 16, "snow": 8,
+                "spatter": 8, "fog": 16}
+# Frost adds one of six frost photos at a random crop, which swamps every per-photo
+# statistic. With the same draws for every photo (the same seed on each side) that layer is
+# the same on all of them, and the "kept" statistic cancels it.
+COMMON_DRAWS = {"frost"}
+# (corruption, severity s) whose severities s and s + 1 the reference gives the same constants:
+# no statistic can tell those apart. None do (a test reads the reference's tables).
+SAME_CONSTANTS: dict[tuple[str, int], str] = {}
+# Measured with these draws: at the same severity every statistic is within 0.54 of its
+# allowance (frost's roughness); against a neighbouring severity the most telling one is at
+# least 1.48 times it (fog 2 against 3, roughness).
+AGREE_REL, AGREE_SE = 0.03, 3.0
+
+
+def perturbation_stats(clean: np.ndarray, corrupted: np.ndarray, common: bool) -> dict[str, np.ndarray]:
+    """Per photo and draw, (N, K) arrays, in [0, 1] units, from the clean photos (N, H, W, C)
+    and their 8-bit corruptions (N, K, H, W, C):
+    mean and std of the perturbation (corrupted - clean); rough, the mean absolute
+    difference between neighbouring pixels of the corrupted photo (blur lowers it, noise
+    raises it); with common draws, kept: the slope of the corrupted photo on the clean one
+    once each pixel's mean over the photos (under the same draw) is taken off both, which
+    cancels a random layer added alike to every photo, over the values no photo saturates."""
+    x = clean.astype(np.float64)[:, None] / 255
+    y = corrupted.astype(np.float64) / 255
+    d = y - x
+    axes = (2, 3, 4)
+    rough = np.abs(np.diff(y, axis=2)).mean(axes) + np.abs(np.diff(y, axis=3)).mean(axes)
+    stats = {"mean": d.mean(axes), "std": d.std(axes), "rough": rough}
+    if common:
+        inside = ((corrupted > 0) & (corrupted < 255)).all(axis=0)
+        yc, xc = y - y.mean(axis=0), x - x.mean(axis=0)
+        stats["kept"] = (yc * xc * inside).sum(axes) / (xc**2 * inside).sum(axes)
+    return stats
+
+
+def severity_agrees(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[bool, dict[str, float]]:
+    """Whether ours (``got``) and the reference's (``want``) per-photo statistics come from
+    the same severity: for every statistic, the mean over photos of the paired difference
+    (ours - reference on the same photo, each averaged over its draws) is within 3% of the
+    statistic's size plus 3 standard errors. Size: the reference's mean value (for the mean
+    perturbation, which can be near zero, the mean perturbation std). Standard error: of two
+    independent sets of draws, from the spread over draws of each draw's mean over photos.
+    Returns the verdict and, per statistic, |difference| / allowance (over 1: disagrees)."""
+    ratios = {}
+    for key, a in got.items():
+        b = want[key]
+        diff = a.mean() - b.mean()
+        se = np.sqrt(a.mean(axis=0).var(ddof=1) / a.shape[1] + b.mean(axis=0).var(ddof=1) / b.shape[1])
+        size = want["std"].mean() if key == "mean" else np.abs(b).mean()
+        ratios[key] = float(abs(diff) / (AGREE_REL * size + AGREE_SE * se))
+    return all(r <= 1 for r in ratios.values()), ratios
+
+
+def random_draws(photos: np.ndarray, side: str, name: str, severity: int) -> np.ndarray:
+    """(N, K) 8-bit corruptions of the photos, K = RANDOM_DRAWS[name]: independent draws
+    (ours: one batch; the reference: one call per image, each its own seed), or, for
+    COMMON_DRAWS, draw k made with seed k for every photo on each side."""
+    k = RANDOM_DRAWS[name]
+    if name in COMMON_DRAWS:
+        run = ours_8bit if side == "ours" else reference
+        return np.stack([np.concatenate([run(photo[None], name, severity, seed=j) for j in range(k)])
+                         for photo in photos])
+    batch = np.repeat(photos, k, axis=0)  # photo-major
+    if side == "ours":
+        out = ours_8bit(batch, name, severity)
+    else:
+        out = reference(batch, name, severity, seed_per_image=True)
+    return out.reshape(len(photos), k, *photos.shape[1:])
 
 
 @pytest.fixture(scope="module")
-def many_images() -> np.ndarray:
-    from sklearn.datasets import load_sample_images
+def random_stats(photos):
+    """Ours and the reference's per-photo statistics at a severity, each computed once."""
+    done: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
 
-    rng = np.random.default_rng(1)
-    crops = []
-    for im in load_sample_images().images:
-        for _ in range(12):
-            y, x = rng.integers(0, im.shape[0] - 64), rng.integers(0, im.shape[1] - 64)
-            crops.append(im[y:y + 64, x:x + 64])
-    return np.stack(crops)  # (24, 64, 64, 3)
+    def get(side: str, name: str, severity: int) -> dict[str, np.ndarray]:
+        if (side, name, severity) not in done:
+            corrupted = random_draws(photos, side, name, severity)
+            done[side, name, severity] = perturbation_stats(photos, corrupted, common=name in COMMON_DRAWS)
+        return done[side, name, severity]
+
+    return get
 
 
 @pytest.mark.parametrize("severity", range(1, 6))
 @pytest.mark.parametrize("name", RANDOM)
-def test_random_corruptions_match_the_reference_statistics(many_images, name, severity):
-    """Same perturbation mean (within 0.01 plus 3 standard errors of the per-image means:
-    fog's whole-image haze varies a lot between draws) and the same spread."""
-    clean = many_images.astype(np.float64)
-    d_ours = (ours(many_images, name, severity) - clean) / 255
-    d_ref = (reference(many_images, name, severity) - clean) / 255
-    def se(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.sqrt(a.var() / len(a) + b.var() / len(b)))
+def test_random_corruptions_match_the_reference_statistics(random_stats, name, severity):
+    agree, ratios = severity_agrees(random_stats("ours", name, severity),
+                                    random_stats("reference", name, severity))
+    assert agree, f"{name} severity {severity}: |difference| / allowance {ratios}"
 
-    m_ours, m_ref = d_ours.mean(axis=(1, 2, 3)), d_ref.mean(axis=(1, 2, 3))
-    assert abs(m_ours.mean() - m_ref.mean()) < 0.01 + 3 * se(m_ours, m_ref)
-    # spread: per-image std, within 5% plus 3 standard errors (frost picks one of six textures
-    # per image, so its spread varies between draws much more than the noises' does)
-    s_ours, s_ref = d_ours.std(axis=(1, 2, 3)), d_ref.std(axis=(1, 2, 3))
-    assert abs(s_ours.mean() - s_ref.mean()) < 0.05 * s_ref.mean() + 3 * se(s_ours, s_ref)
+
+@pytest.mark.parametrize("severity,neighbour", NEIGHBOURS)
+@pytest.mark.parametrize("name", RANDOM)
+def test_random_corruptions_reject_the_neighbouring_severity(random_stats, name, severity, neighbour):
+    if (name, min(severity, neighbour)) in SAME_CONSTANTS:
+        pytest.skip(SAME_CONSTANTS[name, min(severity, neighbour)])
+    agree, ratios = severity_agrees(random_stats("ours", name, severity),
+                                    random_stats("reference", name, neighbour))
+    assert not agree, f"{name} severity {severity} passes as {neighbour}: |difference| / allowance {ratios}"
+
+
+def test_only_severities_with_equal_reference_constants_are_excused():
+    """SAME_CONSTANTS holds exactly the neighbouring severities the reference gives equal
+    constants (none): every other pair must be told apart."""
+    equal = set()
+    for name in RANDOM:
+        table = reference_severity_table(name)
+        assert len(table) == 5, name
+        equal |= {(name, s) for s in range(1, 5) if table[s - 1] == table[s]}
+    assert set(SAME_CONSTANTS) == equal
+
+
+# --- glass blur: the reference's sequential scan, quirk included --------------------------------
+def reference_glass_draws(seed: int, delta: int):
+    """The offsets the reference's glass-blur scan uses: it seeds numpy's generator with
+    ``seed`` and draws np.random.randint(-delta, delta, size=2) -> (dx, dy) for each pixel in
+    scan order (its compiled scan draws the same numbers)."""
+    rs = np.random.RandomState(seed)
+    return lambda n: [tuple(rs.randint(-delta, delta, size=2).tolist()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("severity", range(1, 6))
+def test_glass_blur_scan_equals_the_reference_given_its_draws(photos, severity, monkeypatch):
+    """Given the reference's own draws, our scan moves the same pixels: on the 8-bit image
+    it equals the reference's scan exactly, including the tuple "swap" that copies the
+    neighbour in and keeps it (pixels duplicated, others lost; a real swap would permute),
+    and the whole corruption equals the reference's to within 8-bit truncation."""
+    from imagecorruptions import corrupt as ref
+    from imagecorruptions.corruptions import _shuffle_pixels_njit_glass_blur as reference_scan
+
+    import robustfeat.shifts.corruptions as C
+
+    constants = reference_severity_table("glass_blur")[severity - 1]  # (sigma, delta, iterations)
+    _, delta, iterations = constants
+    im = np.ascontiguousarray(photos[severity, 5:45, 3:55])  # 40 x 52: rows and columns differ
+    h, w = im.shape[:2]
+    seed = 100 + severity
+    source = C.glass_scan(h, w, delta, iterations, reference_glass_draws(seed, delta))
+    want = reference_scan(h, w, im.copy(), constants, seed)
+    assert np.array_equal(im.reshape(-1, 3)[source].reshape(im.shape), want)
+    assert len(np.unique(source)) < source.size  # the quirk: not a permutation
+    injected = torch.from_numpy(np.stack([source] * C.GLASS_VARIANTS))
+    monkeypatch.setattr(C, "glass_permutations", lambda *_: injected)
+    got = ours_8bit(im[None], "glass_blur", severity)[0].astype(int)
+    diff = np.abs(got - ref(im, corruption_name="glass_blur", severity=severity, seed=seed))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.005, (diff.max(), (diff > 0).mean())
 
 
 def test_fog_fractal_has_the_reference_distribution():
@@ -125,9 +335,9 @@ def test_elastic_warp_matches_map_coordinates():
 
 
 @pytest.mark.parametrize("name", RANDOM)
-def test_seeded_and_deterministic(images, name):
-    assert np.array_equal(ours(images, name, 3, seed=1), ours(images, name, 3, seed=1))
-    assert not np.array_equal(ours(images, name, 3, seed=1), ours(images, name, 3, seed=2))
+def test_seeded_and_deterministic(photos, name):
+    assert np.array_equal(ours(photos, name, 3, seed=1), ours(photos, name, 3, seed=1))
+    assert not np.array_equal(ours(photos, name, 3, seed=1), ours(photos, name, 3, seed=2))
 
 
 def test_shapes_dtypes_and_greyscale():
@@ -156,18 +366,19 @@ def test_bad_input(x, name, severity, error, match):
 
 @pytest.mark.parametrize("angle", [-45.0, -30.0, 0.0, 12.5, 44.0])
 @pytest.mark.parametrize("severity", range(1, 6))
-def test_motion_blur_at_a_fixed_angle_matches_the_reference(images, severity, angle):
-    """Motion blur's only randomness is its angle: at a fixed angle it must match exactly."""
+def test_motion_blur_at_a_fixed_angle_matches_the_reference(photos, severity, angle):
+    """Motion blur's only randomness is its angle: at a fixed angle it must reach the
+    deterministic corruptions' PSNR (measured: 52.8 dB at least)."""
     from imagecorruptions.corruptions import _motion_blur
 
     from robustfeat.shifts.corruptions import motion_blur_at
 
     radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
-    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
+    x = torch.tensor(photos).permute(0, 3, 1, 2).float() / 255
     got = (motion_blur_at(x, radius, sigma, angle) * 255).clamp(0, 255).permute(0, 2, 3, 1).numpy()
-    for g, im in zip(got, images):
+    for g, im in zip(got, photos):
         ref = np.uint8(np.clip(_motion_blur(im, radius=radius, sigma=sigma, angle=angle), 0, 255))
-        assert psnr(g.astype(np.float64), ref.astype(np.float64)) >= 35.0
+        assert psnr(g, ref) >= PSNR_MIN
 
 
 def test_frost_texture_scaling_matches_opencv():
@@ -377,14 +588,14 @@ def test_the_eight_bit_corruptions_are_pixelate_and_jpeg():
 
 @pytest.mark.parametrize("size", [(96, 96), (61, 61), (37, 100), (299, 33)])
 @pytest.mark.parametrize("name", EIGHT_BIT)
-def test_eight_bit_corruptions_equal_the_reference_bit_for_bit(images, name, size):
+def test_eight_bit_corruptions_equal_the_reference_bit_for_bit(photos, name, size):
     """Pixelate (PIL BOX down, 8-bit, NEAREST up) and JPEG (libjpeg) are exact, at sizes
     where PIL's box windows skip a pixel on a tie (61, 299) and where torch's own
     nearest-exact index differs from PIL's (37, 61, 100, 299), and in either memory layout."""
     from PIL import Image
 
     h, w = size
-    resized = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in images[:2]])
+    resized = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in photos[:3]])
     ref = reference(resized, name, severity=1)
     x = torch.tensor(resized).permute(0, 3, 1, 2).float() / 255  # channels-last memory
     for severity in range(1, 6):

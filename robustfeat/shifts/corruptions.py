@@ -142,27 +142,35 @@ def speckle_noise(x, severity, g):
 GLASS_VARIANTS = 16
 
 
+def glass_scan(h: int, w: int, delta: int, iterations: int,
+               draw: Callable[[int], list[tuple[int, int]]]) -> np.ndarray:
+    """The (h*w,) source indices of ImageNet-C's glass-blur scan: from the bottom-right
+    corner backwards, row by row, each interior pixel takes the value of the pixel
+    (dx, dy) away, with (dx, dy) in [-delta, delta) from ``draw(n)``, which gives the n
+    offsets of one row in scan order. The scan is sequential (a value can be carried
+    several steps), so it is simulated on indices."""
+    grid = np.arange(h * w).reshape(h, w).tolist()
+    for _ in range(iterations):
+        for r in range(h - delta, delta, -1):
+            draws = draw(w - 2 * delta)
+            for k, c in enumerate(range(w - delta, delta, -1)):
+                dx, dy = draws[k]
+                # The reference "swaps" two (3,)-channel views with a tuple assignment,
+                # which copies the neighbour in and leaves it unchanged: reproduced
+                # as is, since the published ImageNet-C numbers carry it.
+                grid[r][c] = grid[r + dy][c + dx]
+    return np.asarray(grid).reshape(-1)
+
+
 @functools.lru_cache(maxsize=32)
 def glass_permutations(h: int, w: int, delta: int, iterations: int) -> torch.Tensor:
-    """(GLASS_VARIANTS, h*w) source indices made by ImageNet-C's glass-blur scan: from the
-    bottom-right corner backwards, each interior pixel takes a random neighbour's value
-    ([-delta, delta) in each axis). The scan is sequential (a value can be carried several
-    steps), so it is simulated on indices, once per size and severity, and images draw one
-    of the variants."""
+    """(GLASS_VARIANTS, h*w) source indices of the glass-blur scan (``glass_scan``), once per
+    size and severity; images draw one of the variants."""
     out = []
     for variant in range(GLASS_VARIANTS):
         rng = np.random.default_rng(variant)
-        grid = np.arange(h * w).reshape(h, w).tolist()
-        for _ in range(iterations):
-            for r in range(h - delta, delta, -1):
-                draws = rng.integers(-delta, delta, size=(w - 2 * delta, 2)).tolist()
-                for k, c in enumerate(range(w - delta, delta, -1)):
-                    dx, dy = draws[k]
-                    # The reference "swaps" two (3,)-channel views with a tuple assignment,
-                    # which copies the neighbour in and leaves it unchanged: reproduced
-                    # as is, since the published ImageNet-C numbers carry it.
-                    grid[r][c] = grid[r + dy][c + dx]
-        out.append(np.asarray(grid).reshape(-1))
+        out.append(glass_scan(h, w, delta, iterations,
+                              lambda n, rng=rng: rng.integers(-delta, delta, size=(n, 2)).tolist()))
     return torch.from_numpy(np.stack(out))
 
 
