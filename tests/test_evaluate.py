@@ -255,6 +255,45 @@ def test_one_checkpoint_is_evaluated_by_one_process_at_a_time(cnn, quick, capsys
     assert (out / "results.csv").read_bytes() == before
 
 
+def test_two_processes_into_one_folder_give_the_sequential_result(cnn, tmp_path):
+    """Two evaluate processes of different checkpoints writing one results folder at the same
+    time end with the table, cells and metadata that evaluating one after the other gives."""
+    shifts = ["--quick", "--shifts", "clean,fog,gaussian_noise,cka", "--no-progress"]
+    seq = tmp_path / "sequential"
+    for m in ("lora", "vefa"):
+        assert _cli("evaluate", cnn[m], *shifts, "--out", seq).returncode == 0
+    both = tmp_path / "concurrent"
+    procs = {m: subprocess.Popen([sys.executable, "-m", "robustfeat", "evaluate", str(cnn[m]), *shifts, "--out",
+                                  str(both)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for m in ("lora", "vefa")}
+    first_cell, ended = {}, {}
+    while len(ended) < 2:  # when each wrote its first cell and when each ended: they must overlap
+        now = time.monotonic()
+        for m, p in procs.items():
+            if m not in first_cell and list(both.glob(f"cells/tiny-cnn-{m}-*/*/*.json")):
+                first_cell[m] = now
+            if m not in ended and p.poll() is not None:
+                ended[m] = now
+        time.sleep(0.02)
+    for p in procs.values():
+        assert p.wait() == 0, p.stderr.read()[-2000:]
+    assert set(first_cell) == {"lora", "vefa"}
+    assert first_cell["lora"] < ended["vefa"] and first_cell["vefa"] < ended["lora"], "the two runs did not overlap"
+    assert (both / "results.csv").read_bytes() == (seq / "results.csv").read_bytes()
+    assert pd.read_parquet(both / "results.parquet").equals(pd.read_parquet(seq / "results.parquet"))
+
+    def cells(root):
+        return {p.relative_to(root).as_posix(): {k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"}
+                for p in root.glob("cells/*/*/*.json")}
+
+    assert cells(both) == cells(seq) and len(cells(seq)) >= 10
+    ma, mb = (json.loads((r / "results.json").read_text()) for r in (both, seq))
+    for m in (ma, mb):
+        m.pop("created"), m["provenance"].pop("date")
+    assert ma == mb
+    assert not list(both.rglob("*.lock")) and not list(seq.rglob("*.lock"))
+
+
 def test_ls_banks_and_evaluations():
     r = _cli("ls", "banks")
     assert r.returncode == 0 and "image" in r.stdout and "causal-lm" in r.stdout and "text-classifier" in r.stdout

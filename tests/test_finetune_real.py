@@ -1,6 +1,7 @@
 """Integration: one real model per family fine-tunes with lora, lorfa and vefa for a few
 steps on real data; the training loss falls and the checkpoint reloads to exactly the
-same validation score."""
+same validation score. The real SmolLM2 LoRA checkpoint then goes through
+``robustfeat evaluate --quick`` (its perplexities, and drift on the first block's layers)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,37 @@ def test_real_model_fine_tunes(tmp_path, family, method):
     after = train_loss(handle, data2["train"])
     assert after < before, f"training loss did not fall: {before:.4f} -> {after:.4f}"
     assert validation_score(handle, data2["validation"])[1] == result.value == record["validation"]["value"]
+
+
+def test_real_smollm2_through_evaluate(tmp_path, capsys):
+    """The causal-LM bank on the real SmolLM2-135M: the command runs, the perplexities are those
+    of a real language model (far below the vocabulary size of 49,152 that a uniform guess
+    would give), and the drift cells of the adapted layers of block 0 are there."""
+    import math
+
+    import pandas as pd
+
+    from robustfeat.cli import main
+
+    config = TrainConfig(method="lora", max_examples=16, max_eval_examples=16, epochs=1.0, **FAMILIES["causal-lm"])
+    finetune(config, tmp_path / "run", progress=False, device="cpu")
+    layers = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+    code = main(["evaluate", str(tmp_path / "run"), "--quick", "--no-progress", "--shifts",
+                 ",".join(["clean", "perplexity", *layers]), "--out", str(tmp_path / "res")])
+    out = capsys.readouterr().out
+    assert code == 0 and "ID ppl" in out and "ppl increase" in out
+    f = pd.read_csv(tmp_path / "res" / "results.csv")
+
+    def v(evaluation, shift, metric):
+        sel = f[(f.evaluation == evaluation) & (f["shift"] == shift) & (f.metric == metric)]
+        assert len(sel) == 1, (evaluation, shift, metric)
+        return float(sel.value.iloc[0])
+
+    ppl, base, tuned = (v("clean", "test", "perplexity"), v("perplexity", "news-text", "base_perplexity"),
+                        v("perplexity", "news-text", "perplexity"))
+    assert all(1.0 < x < 5000 for x in (ppl, base, tuned))
+    assert math.isclose(v("perplexity", "news-text", "forgetting"), tuned - base, rel_tol=1e-6, abs_tol=1e-6)
+    for layer in layers:
+        assert 0.5 < v("cka", layer, "cka") <= 1.0 + 1e-9
+        assert v("weights", layer, "relative_change") > 0
+    assert set(f[f.evaluation == "cka"]["shift"]) == {*layers, "all"}
