@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install quickstart test bench lock clean help
+.PHONY: install quickstart test test-cuda bench lock clean help
 
 help:
 	@echo "make quickstart  set up, then run the quickstart study (fine-tune, evaluate, report; about 10 min)"
@@ -64,6 +64,12 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite is misconfigured" >&2; fi; \
 	exit $$rc
+
+# On a machine with a CUDA GPU: the adapter contract, the PEFT parity and the corruption tests
+# with their tiny models and tensors on the GPU.
+test-cuda: $(STAMP)
+	ROBUSTFEAT_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_contract.py tests/test_parity_peft.py \
+	  tests/test_corruptions.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_adapters.py

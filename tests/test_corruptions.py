@@ -26,6 +26,7 @@ import torch
 from robustfeat.errors import RobustfeatError, UnknownNameError
 from robustfeat.registry import CORRUPTIONS
 from robustfeat.shifts.corruptions import corrupt
+from tests.models import DEVICE
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
 
@@ -57,15 +58,16 @@ def photos() -> np.ndarray:
 
 
 def ours(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
-    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
-    return (corrupt(x, name, severity, seed=seed) * 255).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    """Ours on the test device (ROBUSTFEAT_TEST_DEVICE; the CPU by default), back as float pixels."""
+    x = (torch.tensor(images).permute(0, 3, 1, 2).float() / 255).to(DEVICE)
+    return (corrupt(x, name, severity, seed=seed) * 255).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
 
 
 def ours_8bit(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
     """Ours as 8-bit images, converted the way the reference returns its own: np.uint8 of the
     float image, which truncates."""
-    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
-    return np.uint8(corrupt(x, name, severity, seed=seed).mul(255).permute(0, 2, 3, 1).numpy())
+    x = (torch.tensor(images).permute(0, 3, 1, 2).float() / 255).to(DEVICE)
+    return np.uint8(corrupt(x, name, severity, seed=seed).mul(255).permute(0, 2, 3, 1).cpu().numpy())
 
 
 def reference(images: np.ndarray, name: str, severity: int, seed_per_image: bool = False,
