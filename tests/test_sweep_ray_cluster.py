@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -56,8 +57,8 @@ def _free_port() -> int:
 
 
 class Head:
-    """``ray start --head --block`` in a session of its own; ``stop`` ends it and checks that
-    nothing it started is left."""
+    """``ray start --head --block`` in a session (and process group) of its own; ``ready``
+    waits until it is up, ``stop`` ends it and checks that nothing it started is left."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.port = _free_port()
@@ -71,12 +72,21 @@ class Head:
                  "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp}"],
                 env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}, cwd=self.temp, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _exited(self) -> bool:
+        """Whether the head exited, without reaping it: while it is a zombie its pid, and so
+        its process group's id, cannot be taken by another process."""
+        return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def ready(self) -> Head:
         deadline = time.time() + 90
         while "Ray runtime started" not in self.log.read_text():
-            if self.proc.poll() is not None or time.time() > deadline:
+            if self._exited() or time.time() > deadline:
+                log = self.log.read_text()[-3000:]
                 self.stop()
-                pytest.fail(f"ray start --head did not come up:\n{self.log.read_text()[-3000:]}")
+                pytest.fail(f"ray start --head did not come up:\n{log}")
             time.sleep(0.2)
+        return self
 
     def descendants(self) -> list:
         try:
@@ -85,16 +95,15 @@ class Head:
             return []
 
     def stop(self) -> None:
-        """SIGTERM to the head (it stops the processes it started), SIGKILL to its process
-        group if it does not exit; then every process it had started must be gone. Ray
+        """SIGTERM to the head (it stops the processes it started), then SIGKILL to its
+        process group for anything left; then every process it had started must be gone. Ray
         workers run in process groups of their own, so they are checked one by one."""
         started = self.descendants()
-        if self.proc.poll() is None:
+        if not self._exited():
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
+            deadline = time.time() + 20
+            while not self._exited() and time.time() < deadline:
+                time.sleep(0.1)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -132,79 +141,80 @@ def _sweep(head: Head, cwd: Path, out: str, env: dict[str, str]) -> tuple[int, s
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    root = tmp_path_factory.mktemp("local")
-    (root / "grid.yaml").write_text(yaml.safe_dump(GRID))
-    sweep(root / "grid.yaml", root / "sweep", backend="local", report=False, progress=False)
-    tables = _tables(root / "sweep")
-    assert len(tables) == 2
-    return tables
+def cluster(tmp_path_factory):
+    """A plain head (RAY_AUTH_MODE=disabled said outright: ``ray start`` turns token
+    authentication on by itself where it finds ~/.ray/auth_token), a head with token
+    authentication (RAY_AUTH_MODE=token, its token in a file named by RAY_AUTH_TOKEN_PATH, a
+    HOME of its own so that no ~/.ray/auth_token of this machine is involved) and, while
+    they start, the local backend's results."""
+    root = tmp_path_factory.mktemp("cluster")
+    token = secrets.token_hex(32)
+    (root / "token").write_text(token)
+    (root / "home").mkdir()
+    heads = [Head(_env(RAY_AUTH_MODE="disabled")),
+             Head(_env(HOME=str(root / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token")))]
+    try:
+        (root / "grid.yaml").write_text(yaml.safe_dump(GRID))
+        sweep(root / "grid.yaml", root / "local", backend="local", report=False, progress=False)
+        local = _tables(root / "local")
+        assert len(local) == 2
+        yield SimpleNamespace(plain=heads[0].ready(), auth=heads[1].ready(), token=token, local=local)
+    finally:
+        left = []
+        for h in heads:
+            try:
+                h.stop()
+            except AssertionError as e:
+                left.append(str(e))
+        assert not left, left
 
 
-@pytest.fixture(scope="module")
-def head():
-    h = Head(_env(RAY_AUTH_MODE="disabled"))
-    yield h
-    h.stop()
-
-
-def test_a_sweep_on_a_cluster_gives_the_local_results_from_its_workers(head, local, tmp_path):
+def test_a_sweep_on_a_cluster_gives_the_local_results_from_its_workers(cluster, tmp_path):
+    head = cluster.plain
     assert any("raylet" in " ".join(p.cmdline()) for p in head.descendants())
     # a relative --out: the workers run in the head's folder, not in the sweep's
     code, err, seen = _sweep(head, tmp_path, "cluster", _env(RAY_AUTH_MODE="disabled"))
     assert code == 0, err[-3000:]
-    assert _tables(tmp_path / "cluster") == local
+    assert _tables(tmp_path / "cluster") == cluster.local
     pids = {json.loads(p.read_text())["pid"] for p in (tmp_path / "cluster").glob("trials/*/done.json")}
     assert len(pids) >= 1 and pids <= seen, (pids, seen)  # each trial ran in a worker under the head
     assert not (head.temp / "cluster").exists()
 
 
 # --- a cluster with token authentication --------------------------------------------------------
-@pytest.fixture(scope="module")
-def token_head(tmp_path_factory):
-    """A head with RAY_AUTH_MODE=token reading its token from a file (RAY_AUTH_TOKEN_PATH),
-    under a HOME of its own so that no ~/.ray/auth_token of this machine is involved."""
-    root = tmp_path_factory.mktemp("token")
-    token = secrets.token_hex(32)
-    (root / "token").write_text(token)
-    (root / "home").mkdir()
-    h = Head(_env(HOME=str(root / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token")))
-    yield h, token, root
-    h.stop()
-
-
-def test_a_sweep_with_the_clusters_token_runs(token_head, local, tmp_path):
-    h, token, root = token_head
-    (tmp_path / "home").mkdir()
-    code, err, seen = _sweep(h, tmp_path, "cluster", _env(HOME=str(tmp_path / "home"), RAY_AUTH_MODE="token",
-                                                         RAY_AUTH_TOKEN=token))
-    assert code == 0, err[-3000:]
-    assert _tables(tmp_path / "cluster") == local
-    assert {json.loads(p.read_text())["pid"] for p in (tmp_path / "cluster").glob("trials/*/done.json")} <= seen
-
-
-def test_a_sweep_without_the_token_is_refused_in_one_line(token_head, tmp_path):
-    h, token, root = token_head
+def test_with_token_authentication_the_clusters_token_runs_and_none_or_a_wrong_one_is_refused(cluster, tmp_path):
+    head = cluster.auth
     home = tmp_path / "home"  # no ~/.ray/auth_token here
     home.mkdir()
-    # Ray retries a refused connection once a second, 20 times by default; 2 are enough here
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(GRID))
+    # Refused: Ray retries a refused connection once a second, 20 times by default; 2 are
+    # enough here. These run while the sweep with the right token runs.
     quick = {"HOME": str(home), "RAY_NUM_REDIS_GET_RETRIES": "2"}
     cases = {"no-auth": (_env(**quick), "RAY_AUTH_MODE=token"),
              "wrong-token": (_env(**quick, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)),
                              "is not the cluster's"),
              "no-token": (_env(**quick, RAY_AUTH_MODE="token"), "no Ray token was found")}
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(GRID))
-    runs = {}
-    for name, (env, _) in cases.items():  # in parallel: each waits on Ray's retries
-        err = tmp_path / f"{name}.err"
-        with open(err, "w") as f:
-            runs[name] = subprocess.Popen(
-                [sys.executable, "-m", "robustfeat", "sweep", str(tmp_path / "grid.yaml"), "--backend", "ray",
-                 "--address", h.address, "--out", f"{name}/a/sweep", "--no-progress", "--no-report"],
+    refused = {}
+    for name, (env, _) in cases.items():
+        with open(tmp_path / f"{name}.err", "w") as f:
+            refused[name] = subprocess.Popen(
+                [sys.executable, "-m", "robustfeat", "sweep", "grid.yaml", "--backend", "ray", "--address",
+                 head.address, "--out", f"{name}/a/sweep", "--no-progress", "--no-report"],
                 cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=f)
-    for name, (_, match) in cases.items():
-        code = runs[name].wait(180)
-        err = (tmp_path / f"{name}.err").read_text().strip().splitlines()
-        assert code == 2 and len(err) == 1, (name, code, err[-20:])
-        assert err[0].startswith("robustfeat: error: ") and h.address in err[0] and match in err[0], (name, err)
-        assert not (tmp_path / name).exists(), name  # the output folder and its parents are gone again
+    try:
+        code, err, seen = _sweep(head, tmp_path, "cluster", _env(HOME=str(home), RAY_AUTH_MODE="token",
+                                                                RAY_AUTH_TOKEN=cluster.token))
+        assert code == 0, err[-3000:]
+        assert _tables(tmp_path / "cluster") == cluster.local
+        assert {json.loads(p.read_text())["pid"] for p in (tmp_path / "cluster").glob("trials/*/done.json")} <= seen
+        for name, (_, match) in cases.items():
+            code = refused[name].wait(180)
+            err = (tmp_path / f"{name}.err").read_text().strip().splitlines()
+            assert code == 2 and len(err) == 1, (name, code, err[-20:])
+            assert err[0].startswith("robustfeat: error: ") and head.address in err[0] and match in err[0], (name, err)
+            assert not (tmp_path / name).exists(), name  # the output folder and its parents are gone again
+    finally:
+        for p in refused.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
