@@ -52,8 +52,9 @@ def sweep(grid: str | os.PathLike | Grid, out: str | os.PathLike, backend: str =
     for spec in trials:  # all finished now: each has its done.json, read here and never run again here
         record = finished(out, spec)
         if record is None:
-            raise RobustfeatError(f"trial {spec.name} ran on the {backend} backend but {trial_dir(out, spec) / DONE} "
-                                  "is not there: --out must be a folder every worker reaches at the same path")
+            raise RobustfeatError(f"trial {spec.name} ran on the {backend} backend but "
+                                  f"{trial_dir(out, spec) / DONE} is not there: --out must be a folder every "
+                                  "worker reaches at the same path")
         records.append(record)
     info: dict[str, Any] = {"trials": len(trials), "ran": len(todo), "skipped": len(trials) - len(todo),
                             "wall_s": time.perf_counter() - t0, "records": records, "report": None}

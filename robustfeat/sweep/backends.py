@@ -168,12 +168,13 @@ def _refusal(error: BaseException, address: str | None) -> str:
     text = "\n".join(chain)
     where = f"Ray at {address}"
     tokens = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
-    if error.__class__.__name__ == "AuthenticationError" and "no authentication token was found" in str(error):
-        return f"RAY_AUTH_MODE=token is set here but no Ray token was found to join {where}: put the cluster's token in {tokens}"
-    if "AuthenticationError" in text or "InvalidAuthToken" in text or "Unauthenticated" in text:
+    if type(error).__name__ == "AuthenticationError" and "no authentication token was found" in str(error):
+        return (f"RAY_AUTH_MODE=token is set here but no Ray token was found to join {where}: put the "
+                f"cluster's token in {tokens}")
+    if any(mark in text for mark in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
         if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token":
-            return (f"{where} refused this sweep: the cluster uses token authentication; set RAY_AUTH_MODE=token "
-                    f"and the cluster's token in {tokens}")
+            return (f"{where} refused this sweep: the cluster uses token authentication; set "
+                    f"RAY_AUTH_MODE=token and the cluster's token in {tokens}")
         return f"{where} refused this sweep: the token here is not the cluster's (from {tokens})"
     return f"cannot reach {where}: {_first_line(error)}"
 
