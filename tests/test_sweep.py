@@ -146,6 +146,26 @@ def test_ray_backend_gives_the_local_results(local_sweep):
     assert os.getpid() not in pids  # the trials ran in Ray's worker processes
 
 
+def _trial_workers(pid: int) -> list:
+    """The Ray workers running a trial for the sweep process ``pid``, and no one else's: its
+    own Ray instance's raylet is its child and starts the workers (a process a worker forks
+    carries the worker's title too, so only the raylet's children count)."""
+    import psutil
+
+    workers = []
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for p in below:
+        try:
+            if "ray::run_trial" in " ".join(p.cmdline()) and "raylet" in " ".join(p.parent().cmdline()):
+                workers.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            pass
+    return workers
+
+
 def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     import pandas as pd
 
@@ -160,10 +180,10 @@ def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     try:
         while victim is None and time.time() < deadline and proc.poll() is None:
             if list(out.glob("trials/*/checkpoint/.train_state/*")):  # a trial is mid-training
-                found = subprocess.run(["pgrep", "-f", "ray::run_trial"], capture_output=True, text=True).stdout.split()
+                found = _trial_workers(proc.pid)
                 if found:
-                    victim = int(found[0])
-                    os.kill(victim, signal.SIGKILL)
+                    victim = found[0].pid
+                    found[0].send_signal(signal.SIGKILL)
             time.sleep(0.1)
         output, _ = proc.communicate(timeout=600)
     finally:

@@ -4,7 +4,11 @@ cluster given by ``--address`` or on a Ray instance started here."""
 
 from __future__ import annotations
 
+import io
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +96,18 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                       "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
-            try:
-                ray.init(address=self.address, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                hint = (" (a cluster with Ray's token authentication needs RAY_AUTH_MODE=token and its token in "
-                        "this environment too)") if self.address else ""
-                raise RobustfeatError(f"cannot start or reach Ray{f' at {self.address}' if self.address else ''}: "
-                                      f"{str(e).splitlines()[0]}{hint}") from None
+            # without --address a Ray instance of this process's own, never one found on the machine
+            # (Ray would otherwise join RAY_ADDRESS or the last `ray start` here)
+            address = self.address or "local"
+            with _held_stderr(self.address is not None) as held:
+                try:
+                    ray.init(address=address, **kwargs)
+                    error = None
+                except Exception as e:  # noqa: BLE001 - any failure to start or join is one refusal
+                    error = e
+            if error is not None:
+                raise RobustfeatError(_refusal(error, self.address)) from None
+            sys.stderr.write(held.read())  # it joined: pass on what Ray said while connecting
             started = True
         try:
             task = ray.remote(run_trial).options(
@@ -122,6 +131,57 @@ class RayBackend(Backend):
         finally:
             if started:
                 ray.shutdown()
+
+
+@contextmanager
+def _held_stderr(hold: bool):
+    """While joining a cluster Ray's C++ client logs every refused attempt to file descriptor
+    2; hold all that in a file, to be passed on only if the connection is made. Yields a
+    readable text stream of what was held (empty when ``hold`` is false)."""
+    if not hold:
+        yield io.StringIO()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        text = io.StringIO()
+        try:
+            yield text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            text.write(f.read().decode(errors="replace"))
+            text.seek(0)
+
+
+def _refusal(error: BaseException, address: str | None) -> str:
+    """One line on why Ray could not be started (no ``address``) or joined."""
+    if address is None:
+        return f"cannot start Ray here: {_first_line(error)}"
+    chain, e = [], error
+    while e is not None and len(chain) < 5:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    where = f"Ray at {address}"
+    tokens = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+    if type(error).__name__ == "AuthenticationError" and "no authentication token was found" in str(error):
+        return (f"RAY_AUTH_MODE=token is set here but no Ray token was found to join {where}: put the "
+                f"cluster's token in {tokens}")
+    if any(mark in text for mark in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
+        if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token":
+            return (f"{where} refused this sweep: the cluster uses token authentication; set "
+                    f"RAY_AUTH_MODE=token and the cluster's token in {tokens}")
+        return f"{where} refused this sweep: the token here is not the cluster's (from {tokens})"
+    return f"cannot reach {where}: {_first_line(error)}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def get_backend(name: str, address: str | None = None) -> Backend:
