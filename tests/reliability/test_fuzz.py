@@ -13,7 +13,7 @@ part was invalid, and the message names it.
 Runs are derandomized (the ``ci`` profile in tests/conftest.py), with no example database:
 the same command draws the same examples every time. (Hypothesis also draws constants found
 in the project's loaded modules, so this file alone and the whole suite draw different
-examples; over 25 seeds the lowest rates were 43% valid and 14% refused.)
+examples; over 25 seeds the lowest rates were 43% valid and 18% refused.)
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def mostly(valid, invalid, one_in=10):
                            else valid.map(lambda v: (v, True)))
 
 
+def now_and_then(one_in):
+    """True about once in ``one_in`` draws."""
+    return _choice.map(lambda i: i % one_in == 0)
+
+
 def always(valid):
     """(value, True) drawn from ``valid``."""
     return valid.map(lambda v: (v, True))
@@ -73,8 +78,9 @@ def refused(outcomes: Counter, kinds) -> None:
 
 
 def check_rates(outcomes: Counter, name: str, kinds=(), share=1.0) -> None:
-    """Enough draws reached the valid path, enough were refused, and each of ``kinds`` of
-    invalid part (at least ``share`` of them, where there are many) was drawn and refused."""
+    """Enough draws reached the valid path, enough were refused, and the ``kinds`` of invalid
+    part (at least ``share`` of them: hypothesis sometimes draws one kind far less than the
+    others) were each drawn and refused."""
     total = outcomes["valid"] + outcomes["refused"]
     print(f"{name}: {outcomes['valid']} valid, {outcomes['refused']} refused of {total} draws; "
           f"{dict(sorted((k, v) for k, v in outcomes.items() if ':' in k))}")
@@ -93,13 +99,13 @@ def one_line(e: Exception) -> str:
 
 junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True),
                  st.text(alphabet="xyz-:", max_size=6), st.lists(st.integers(-3, 3), max_size=3),
-                 st.dictionaries(st.sampled_from(["a", "lr"]), st.integers(), max_size=2))
+                 st.dictionaries(pick(["a", "lr"]), st.integers(), max_size=2))
 unknown_names = st.text(alphabet="xyz-", min_size=1, max_size=5).map(lambda s: "no-such-" + s)
 
 
 # --- grids --------------------------------------------------------------------------------------
 def _unique(values, max_size=2):
-    return st.lists(st.sampled_from(values), min_size=1, max_size=max_size, unique=True)
+    return st.lists(pick(values), min_size=1, max_size=max_size, unique=True)
 
 
 # Each mutation makes a valid grid invalid, or (a few: a list replaced by a scalar, which reads as a
@@ -111,32 +117,32 @@ MUTATIONS = ["drop", "unknown-key", "junk", "unknown-name", "duplicate", "empty"
 def _mutate(draw, doc, kind):
     lists = ["models", "datasets", "methods", "seeds"]
     if kind == "drop":
-        del doc[draw(st.sampled_from(lists))]
+        del doc[draw(pick(lists))]
     elif kind == "unknown-key":
-        doc[draw(st.sampled_from(["extra", "model", "seed", "Models"]))] = draw(junk)
+        doc[draw(pick(["extra", "model", "seed", "Models"]))] = draw(junk)
     elif kind == "junk":
-        doc[draw(st.sampled_from(lists + ["hyperparameters", "train", "evaluate", "resources"]))] = draw(junk)
+        doc[draw(pick(lists + ["hyperparameters", "train", "evaluate", "resources"]))] = draw(junk)
     elif kind == "unknown-name":
-        doc[draw(st.sampled_from(lists[:3]))].append(draw(unknown_names))
+        doc[draw(pick(lists[:3]))].append(draw(unknown_names))
     elif kind == "duplicate":
-        key = draw(st.sampled_from(lists))
+        key = draw(pick(lists))
         doc[key].append(doc[key][0])
     elif kind == "empty":
-        doc[draw(st.sampled_from(lists))] = []
+        doc[draw(pick(lists))] = []
     elif kind == "bad-hyper":
-        doc.setdefault("hyperparameters", {})[draw(st.sampled_from(["lr", "epochs", "bogus", "seed"]))] = \
-            draw(st.sampled_from([[-1.0], [0], [float("nan")], [True], [[0.1]], [], [0.1, 0.1]]))
+        doc.setdefault("hyperparameters", {})[draw(pick(["lr", "epochs", "bogus", "seed"]))] = \
+            draw(pick([[-1.0], [0], [float("nan")], [True], [[0.1]], [], [0.1, 0.1]]))
     elif kind == "both":
         doc.setdefault("hyperparameters", {})["lr"] = [0.01]
         doc.setdefault("train", {})["lr"] = 0.01
     elif kind == "bad-resource":
-        doc.setdefault("resources", {})[draw(st.sampled_from(["cpus", "gpus", "threads", "disk"]))] = \
-            draw(st.sampled_from([-1, True, "2", float("nan"), [1]]))
+        doc.setdefault("resources", {})[draw(pick(["cpus", "gpus", "threads", "disk"]))] = \
+            draw(pick([-1, True, "2", float("nan"), [1]]))
     elif kind == "bad-evaluate":
-        doc.setdefault("evaluate", {})[draw(st.sampled_from(["bogus", "domain_column"]))] = \
-            draw(st.sampled_from([3, [1], True]))
+        doc.setdefault("evaluate", {})[draw(pick(["bogus", "domain_column"]))] = \
+            draw(pick([3, [1], True]))
     else:
-        doc = draw(st.sampled_from([None, [], "models: [tiny-cnn]", 3]))
+        doc = draw(pick([None, [], "models: [tiny-cnn]", 3]))
     return doc
 
 
@@ -150,21 +156,21 @@ def grids(draw):
            "seeds": draw(st.lists(st.integers(0, 2**31), min_size=1, max_size=2, unique=True))}
     hyper = {}
     if draw(st.booleans()):
-        hyper["lr"] = draw(st.lists(st.sampled_from([1e-4, 1e-3, 3e-3, 0.01]), min_size=1, max_size=2, unique=True))
+        hyper["lr"] = draw(st.lists(pick([1e-4, 1e-3, 3e-3, 0.01]), min_size=1, max_size=2, unique=True))
     if set(methods) <= {"lora", "lorfa"} and draw(st.booleans()):
         hyper["rank"] = draw(st.lists(st.integers(1, 16), min_size=1, max_size=2, unique=True))
     if hyper:
         doc["hyperparameters"] = hyper
     if draw(st.booleans()):
         doc["train"] = draw(st.fixed_dictionaries({}, optional={
-            "max_examples": st.integers(1, 10**6), "epochs": st.sampled_from([0.5, 1, 2.0]),
+            "max_examples": st.integers(1, 10**6), "epochs": pick([0.5, 1, 2.0]),
             "batch_size": st.integers(1, 64), "image_size": st.integers(32, 64)}))
     if draw(st.booleans()):
         doc["evaluate"] = draw(st.fixed_dictionaries({}, optional={
             "quick": st.booleans(), "shifts": _unique(["clean", "fog", "ood", "cka"]), "domain_column": st.just("domain")}))
     if draw(st.booleans()):
         doc["resources"] = draw(st.fixed_dictionaries({}, optional={
-            "cpus": st.integers(0, 4), "gpus": st.sampled_from([0, 0.5, 1]), "threads": st.integers(1, 4)}))
+            "cpus": st.integers(0, 4), "gpus": pick([0, 0.5, 1]), "threads": st.integers(1, 4)}))
     valid = draw(mostly(st.just(True), st.just(False), one_in=2))[0]
     if valid:
         return doc, None
@@ -207,13 +213,13 @@ def test_grid_parsing_never_crashes():
 
 
 # --- training configs ---------------------------------------------------------------------------
-_pos_int_junk = st.sampled_from([0, -1, True, 1.5, "8", None, [4]])
-_opt_pos_int_junk = st.sampled_from([0, -3, False, 2.0, "64", [1]])
-_pos_number_junk = st.sampled_from([0, -0.1, float("nan"), float("inf"), True, "0.1", [0.1]])
+_pos_int_junk = pick([0, -1, True, 1.5, "8", None, [4]])
+_opt_pos_int_junk = pick([0, -3, False, 2.0, "64", [1]])
+_pos_number_junk = pick([0, -0.1, float("nan"), float("inf"), True, "0.1", [0.1]])
 #: per field: (valid values, surely invalid values)
 TRAIN_FIELDS = {
-    "model": (st.sampled_from(["tiny-cnn", "tiny-bert", "no-such-model"]), st.sampled_from(["", None, 3, ["tiny-cnn"]])),
-    "method": (st.sampled_from(["lora", "linear", "vefa"]), st.sampled_from(["", None, 0])),
+    "model": (pick(["tiny-cnn", "tiny-bert", "no-such-model"]), pick(["", None, 3, ["tiny-cnn"]])),
+    "method": (pick(["lora", "linear", "vefa"]), pick(["", None, 0])),
     "epochs": (st.floats(0.01, 10) | st.integers(1, 5), _pos_number_junk),
     "lr": (st.none() | st.floats(1e-6, 1.0), _pos_number_junk),
     "batch_size": (st.integers(1, 512), _pos_int_junk),
@@ -222,16 +228,16 @@ TRAIN_FIELDS = {
     "max_examples": (st.none() | st.integers(1, 10**6), _opt_pos_int_junk),
     "max_eval_examples": (st.none() | st.integers(1, 10**6), _opt_pos_int_junk),
     "image_size": (st.none() | st.integers(1, 1024), _opt_pos_int_junk),
-    "warmup_ratio": (st.floats(0, 0.999), st.sampled_from([1.0, -0.01, float("nan"), "0.1", None])),
-    "weight_decay": (st.floats(0, 10), st.sampled_from([-1e-3, float("inf"), float("nan"), None, "0"])),
-    "seed": (st.integers(0, 2**32 - 1), st.sampled_from([-1, 2**32, True, 1.0, "0", None])),
+    "warmup_ratio": (st.floats(0, 0.999), pick([1.0, -0.01, float("nan"), "0.1", None])),
+    "weight_decay": (st.floats(0, 10), pick([-1e-3, float("inf"), float("nan"), None, "0"])),
+    "seed": (st.integers(0, 2**32 - 1), pick([-1, 2**32, True, 1.0, "0", None])),
     "rank": (st.none() | st.integers(1, 64), _opt_pos_int_junk),
     "alpha": (st.none() | st.floats(1e-3, 64), _pos_number_junk),
-    "dropout": (st.none() | st.floats(0, 0.99), st.sampled_from([1.0, -0.5, True, "0.1"])),
-    "shift": (st.booleans(), st.sampled_from([1, 0, "yes"])),
-    "targets": (st.none() | st.sampled_from(["fc", "all-linear"]) | _unique(["fc", "conv1", "query"]),
-                st.sampled_from(["", [], [""], [3], 3, {"fc": 1}])),
-    "text_column": (st.none() | st.sampled_from(["text", "review"]), st.sampled_from(["", 3, ["text"]])),
+    "dropout": (st.none() | st.floats(0, 0.99), pick([1.0, -0.5, True, "0.1"])),
+    "shift": (st.booleans(), pick([1, 0, "yes"])),
+    "targets": (st.none() | pick(["fc", "all-linear"]) | _unique(["fc", "conv1", "query"]),
+                pick(["", [], [""], [3], 3, {"fc": 1}])),
+    "text_column": (st.none() | pick(["text", "review"]), pick(["", 3, ["text"]])),
 }
 
 
@@ -288,16 +294,16 @@ def test_corruptions_never_crash():
     from robustfeat.shifts.corruptions import corrupt
 
     outcomes = Counter()
-    one_in = 8
+    one_in = 10
 
     @settings(FUZZ, max_examples=150)
-    @given(name=mostly(st.sampled_from(_names()), unknown_names, one_in),
-           severity=mostly(st.integers(1, 5), st.sampled_from([0, 6, -1, 2.0, 3.5, True, "3", None]), one_in),
-           n=always(st.integers(0, 2)), c=mostly(st.sampled_from([1, 3]), st.sampled_from([2, 4]), one_in),
+    @given(name=mostly(pick(_names()), unknown_names, one_in),
+           severity=mostly(pick(range(1, 6)), pick([0, 6, -1, 2.0, 3.5, True, "3", None]), one_in),
+           n=always(pick([0, 1, 2])), c=mostly(pick([1, 3]), pick([2, 4]), one_in),
            h=mostly(st.integers(32, 48), st.integers(1, 31), one_in), w=always(st.integers(32, 48)),
-           dtype=mostly(st.sampled_from([torch.float32, torch.float64, torch.float16]),
-                        st.sampled_from([torch.uint8, torch.int64, torch.bool]), one_in),
-           ndim=mostly(st.just(4), st.sampled_from([3, 5]), one_in),
+           dtype=mostly(pick([torch.float32, torch.float64, torch.float16]),
+                        pick([torch.uint8, torch.int64, torch.bool]), one_in),
+           ndim=mostly(st.just(4), pick([3, 5]), one_in),
            seed=always(st.one_of(st.none(), st.integers(0, 2**31))))
     def fuzz(**drawn):
         invalid = sorted(k for k, (_, ok) in drawn.items() if not ok)
@@ -319,14 +325,14 @@ def test_corruptions_never_crash():
         assert torch.isfinite(y.float()).all() and (y.numel() == 0 or (y.min() >= 0 and y.max() <= 1))
 
     fuzz()
-    check_rates(outcomes, "corruptions", kinds=["name", "severity", "c", "h", "dtype", "ndim"], share=0.75)
+    check_rates(outcomes, "corruptions", kinds=["name", "severity", "c", "h", "dtype", "ndim"], share=0.8)
 
 
 @settings(FUZZ, max_examples=80)
-@given(name=st.sampled_from(_names()), severity=st.integers(1, 5), n=st.integers(0, 3), c=st.sampled_from([1, 3]),
-       h=st.integers(32, 72), w=st.integers(32, 72), dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]),
+@given(name=pick(_names()), severity=pick(range(1, 6)), n=pick(range(4)), c=pick([1, 3]),
+       h=st.integers(32, 72), w=st.integers(32, 72), dtype=pick([torch.float32, torch.float64, torch.float16]),
        seed=st.one_of(st.none(), st.integers(0, 2**31)),
-       fill=st.sampled_from(["random", "zeros", "ones", "constant"]))
+       fill=pick(["random", "zeros", "ones", "constant"]))
 def test_valid_images_of_any_size_are_corrupted_into_range(name, severity, n, c, h, w, dtype, seed, fill):
     """Valid input of odd sizes, greyscale, half precision, flat images: a batch of the same
     size and dtype in [0, 1], finite, the same for the same seed. (Valid input only: every
@@ -351,7 +357,7 @@ def test_classification_metrics_on_edge_cases():
 
     @FUZZ
     @given(n=mostly(st.integers(1, 40), st.just(0), one_in=5), classes=st.integers(1, 5),
-           mode=st.sampled_from(["random", "all-right", "all-wrong", "one-class"]), seed=st.integers(0, 1000))
+           mode=pick(["random", "all-right", "all-wrong", "one-class"]), seed=st.integers(0, 1000))
     def fuzz(n, classes, mode, seed):
         n, _ = n
         rng = np.random.default_rng(seed)
@@ -389,8 +395,8 @@ def test_drift_and_agreement_metrics_on_edge_cases():
     outcomes = Counter()
 
     @FUZZ
-    @given(n=mostly(st.integers(2, 12), st.sampled_from([0, 1])), d=mostly(st.integers(1, 6), st.just(0)),
-           seed=st.integers(0, 1000), scale=st.sampled_from([0.0, 1e-30, 1.0, 1e30]))
+    @given(n=mostly(st.integers(2, 12), pick([0, 1]), one_in=4), d=mostly(st.integers(1, 6), st.just(0), one_in=4),
+           seed=st.integers(0, 1000), scale=pick([0.0, 1e-30, 1.0, 1e30]))
     def fuzz(n, d, seed, scale):
         (n, _), (d, _) = n, d
         rng = np.random.default_rng(seed)
@@ -427,43 +433,42 @@ def test_drift_and_agreement_metrics_on_edge_cases():
     check_rates(outcomes, "drift metrics", kinds=["rows", "columns"])
 
 
-CORRUPTION_RESULT_FAULTS = ["value", "reference-value", "missing", "severities", "clean", "reference-clean"]
+CORRUPTION_RESULT_FAULTS = ["value", "reference-value", "severities", "clean", "reference-clean", "missing"]
 
 
 @st.composite
 def corruption_results(draw):
     """(model errors, model clean error, reference errors, reference clean error, the
-    corruptions, which part was made invalid or None)."""
+    corruptions, the faults put in: each of CORRUPTION_RESULT_FAULTS now and then)."""
     from robustfeat.metrics.corruption_errors import COMMON
 
-    names = tuple(draw(st.lists(st.sampled_from(COMMON), min_size=1, max_size=3, unique=True)))
-    rate = st.floats(0, 1) | st.sampled_from([0.0, 1.0])
+    names = tuple(draw(st.lists(pick(COMMON), min_size=1, max_size=3, unique=True)))
+    rate = st.floats(0, 1) | pick([0.0, 1.0])
     errors, reference = {}, {}
     for c in names:
         sev = draw(st.lists(st.integers(1, 5), min_size=1, max_size=5, unique=True))
         errors[c] = {s: draw(rate) for s in sev}
         reference[c] = {s: draw(rate) for s in sev}
     clean, ref_clean = draw(rate), draw(rate)
-    bad = draw(mostly(st.none(), pick(CORRUPTION_RESULT_FAULTS), one_in=2))[0]
-    c = draw(st.sampled_from(names))
-    out_of_range = st.sampled_from([float("nan"), -0.01, 1.01, float("inf"), -float("inf")])
-    if bad == "value":
-        errors[c][draw(st.sampled_from(sorted(errors[c])))] = draw(out_of_range)
-    elif bad == "reference-value":
-        reference[c][draw(st.sampled_from(sorted(reference[c])))] = draw(out_of_range)
-    elif bad == "missing":
-        if draw(st.booleans()):
+    faults = [f for f in CORRUPTION_RESULT_FAULTS if draw(now_and_then(8))]
+    out_of_range = pick([float("nan"), -0.01, 1.01, float("inf"), -float("inf")])
+    for fault in faults:  # "missing" last: it removes a corruption the others may touch
+        c = draw(pick(names))
+        if fault == "value":
+            errors[c][draw(pick(sorted(errors[c])))] = draw(out_of_range)
+        elif fault == "reference-value":
+            reference[c][draw(pick(sorted(reference[c])))] = draw(out_of_range)
+        elif fault == "severities":
+            reference[c][draw(pick(sorted(set(range(1, 7)) - set(reference[c]))))] = draw(rate)
+        elif fault == "clean":
+            clean = draw(out_of_range)
+        elif fault == "reference-clean":
+            ref_clean = draw(out_of_range)
+        elif draw(st.booleans()):  # missing
             errors[c] = {}
         else:
             del errors[c]
-    elif bad == "severities":
-        missing = sorted(set(range(1, 7)) - set(reference[c]))
-        reference[c][draw(st.sampled_from(missing))] = draw(rate)
-    elif bad == "clean":
-        clean = draw(out_of_range)
-    elif bad == "reference-clean":
-        ref_clean = draw(out_of_range)
-    return errors, clean, reference, ref_clean, names, bad
+    return errors, clean, reference, ref_clean, names, faults
 
 
 def _ratio(num, den):
@@ -486,7 +491,7 @@ def test_corruption_error_metrics_never_crash():
     @settings(FUZZ, max_examples=300)
     @given(corruption_results())
     def fuzz(drawn):
-        errors, clean, reference, ref_clean, names, bad = drawn
+        errors, clean, reference, ref_clean, names, faults = drawn
         try:
             mean = mean_corruption_error(errors, names)
             s = corruption_errors(errors, clean, reference=reference, reference_clean_error=ref_clean,
@@ -496,10 +501,10 @@ def test_corruption_error_metrics_never_crash():
             alex = corruption_errors(errors, clean, corruptions=names)
         except RobustfeatError as e:
             one_line(e)
-            assert bad, f"valid errors refused: {e}"
-            refused(outcomes, [bad])
+            assert faults, f"valid errors refused: {e}"
+            refused(outcomes, faults)
             return
-        assert bad is None, f"{bad} accepted: {errors} {clean} {reference} {ref_clean}"
+        assert not faults, f"{faults} accepted: {errors} {clean} {reference} {ref_clean}"
         outcomes["valid"] += 1
         values = [e for c in names for e in errors[c].values()]
         assert math.isclose(mean, float(np.mean(values)), rel_tol=1e-12, abs_tol=1e-15)
@@ -525,7 +530,7 @@ def test_corruption_error_metrics_never_crash():
         assert bool(alex.notes) == any(len(errors[c]) != 5 for c in names)
 
     fuzz()
-    check_rates(outcomes, "corruption errors", kinds=CORRUPTION_RESULT_FAULTS, share=0.75)
+    check_rates(outcomes, "corruption errors", kinds=CORRUPTION_RESULT_FAULTS, share=0.8)
 
 
 @pytest.mark.parametrize("severity", [1, 5])
