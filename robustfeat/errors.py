@@ -36,6 +36,11 @@ class CheckpointError(RobustfeatError):
     """A checkpoint is missing, unsafe, corrupt, or does not fit the model."""
 
 
+class PickleCheckpointError(CheckpointError):
+    """A checkpoint is pickle-based (a raw pickle, a torch.save file); it is refused before
+    it is opened as one."""
+
+
 class BaseModelMismatchError(CheckpointError):
     """A checkpoint was trained on a different base model than the one given."""
 

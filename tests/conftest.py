@@ -7,6 +7,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw the same examples on every run and keep no example database, so a
+# failure reproduces anywhere and a pass means the same everywhere. HYPOTHESIS_PROFILE=explore
+# (or --hypothesis-profile=explore) draws new examples each run, to look for new failures.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 # Exact float32 on GPUs too: parity tolerances are 1e-5, which TF32 would not meet.

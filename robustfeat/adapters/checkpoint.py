@@ -10,10 +10,14 @@ fingerprint differs.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
+import pickletools
 import shutil
+import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from robustfeat.adapters.model import (
     remove_adapters,
 )
 from robustfeat.environment import library_versions
-from robustfeat.errors import BaseModelMismatchError, CheckpointError, RobustfeatError
+from robustfeat.errors import BaseModelMismatchError, CheckpointError, PickleCheckpointError, RobustfeatError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -141,26 +145,144 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, *, base_id: str | N
     return path
 
 
-# --- load -----------------------------------------------------------------------------
-def refuse_pickle(path: Path) -> None:
-    """Raise for anything that looks like a pickle-based checkpoint, without opening it
-    as one (only its first bytes are read)."""
-    files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+# --- pickle refusal ---------------------------------------------------------------------
+#: How much of a file the sniffing reads: a protocol 0/1 pickle is parsed this far at most.
+SNIFF_BYTES = 1 << 18
+#: safetensors' own limit on its JSON header
+SAFETENSORS_MAX_HEADER = 100_000_000
+#: torch.save's legacy (pre-zip) format opens with a protocol 2 pickle of this number
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+#: the members of torch.save's oldest format, a tar archive of pickles
+_TORCH_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
+
+
+def _safetensors_header(fh, size: int) -> bool:
+    """Whether the open file starts like a safetensors file: an 8-byte little-endian header
+    length that fits the file, then that many bytes of one JSON object."""
+    fh.seek(0)
+    n = int.from_bytes(fh.read(8).ljust(8, b"\0"), "little")
+    if not 2 <= n <= min(size - 8, SAFETENSORS_MAX_HEADER):
+        return False
+    header = fh.read(n)
+    if header[:1] != b"{":
+        return False
+    try:
+        return isinstance(json.loads(header), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _pickle_program(data: bytes, capped: bool) -> bool:
+    """Whether ``data`` is a well-formed pickle program: its opcodes decode up to STOP with a
+    consistent stack and memo (pickletools only decodes them; nothing is built or imported),
+    or, in a file longer than ``data``, all the way to the end of what was read."""
+    stream = io.BytesIO(data)
+    try:
+        pickletools.dis(stream, out=io.StringIO())
+    except Exception:  # noqa: BLE001 - any decoding failure means: not a pickle program
+        return capped and stream.tell() == len(data)
+    return True
+
+
+def _zip_pickles(fh, head: bytes) -> bool:
+    """Whether a zip archive holds a pickle (torch.save's ``data.pkl``): the first member's
+    name (torch.save writes ``data.pkl`` first) or any name in the central directory."""
+    name_len = int.from_bytes(head[26:28], "little")
+    if head[30:30 + name_len].decode("utf-8", "replace").endswith(".pkl"):
+        return True
+    try:
+        with zipfile.ZipFile(fh) as z:
+            return any(n.endswith(".pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def _tar_pickles(fh, head: bytes) -> bool:
+    """Whether a tar archive is torch.save's oldest format (members ``storages``,
+    ``pickle``, ...: pickles) or holds a ``.pkl``."""
+    names = {head[:100].split(b"\0", 1)[0].decode("utf-8", "replace")}
+    try:
+        fh.seek(0)
+        with tarfile.open(fileobj=fh, mode="r:") as t:
+            names.update(t.getnames())
+    except (tarfile.TarError, OSError, ValueError):
+        pass
+    return bool(names & _TORCH_TAR_MEMBERS) or any(n.endswith(".pkl") for n in names)
+
+
+def pickle_kind(f: str | os.PathLike) -> str | None:
+    """What kind of pickle-based file ``f`` is, judged from its bytes alone (its name plays
+    no part, and nothing is ever unpickled), or None when it is not one.
+
+    A file that starts like a safetensors file never is. Otherwise, in order: torch.save's
+    legacy format (a protocol 2 pickle of its magic number), a pickle of protocol 2 to 5
+    (the PROTO opcode: 0x80 and the protocol), torch.save's zip container (``PK\\x03\\x04``
+    holding a ``data.pkl``), its oldest tar format, and a pickle of protocol 0 or 1 (no
+    header: recognised by decoding its opcodes, see :func:`_pickle_program`).
+    """
+    f = Path(f)
+    with f.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if _safetensors_header(fh, size):
+            return None
+        fh.seek(0)
+        head = fh.read(SNIFF_BYTES)
+        if head.startswith(_TORCH_LEGACY_MAGIC):
+            return "a legacy torch.save file, a sequence of pickles"
+        if head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5:
+            return f"a pickle, protocol {head[1]}"
+        if head[:4] == b"PK\x03\x04":
+            return "a torch.save zip archive, whose data.pkl is a pickle" if _zip_pickles(fh, head) else None
+        if head[257:262] == b"ustar":
+            return "a torch.save tar archive of pickles, its oldest format" if _tar_pickles(fh, head) else None
+    if _pickle_program(head, capped=size > len(head)):
+        return "a pickle, protocol 0 or 1"
+    return None
+
+
+def _pickle_error(f: Path, kind: str) -> PickleCheckpointError:
+    return PickleCheckpointError(
+        f"'{f}' is a pickle-based checkpoint ({kind}); robustfeat never unpickles files because "
+        "unpickling can run arbitrary code. Convert it to safetensors: load it where you trust its "
+        "source and write its tensors with safetensors.torch.save_file, or re-save the model with "
+        "save_adapters (it writes a safe folder), and pass that folder."
+    )
+
+
+def refuse_pickle(path: str | os.PathLike) -> None:
+    """Raise :class:`PickleCheckpointError` for a pickle-based checkpoint: ``path`` itself
+    when it is a file; in a folder, the files robustfeat reads (weights, adapter config, run
+    record) and, when the folder has no safetensors weights, every file in it. The bytes
+    decide (:func:`pickle_kind`), whatever the name; a pickle suffix (``.bin``, ``.pt``,
+    ...) on a file that is not safetensors counts too. Nothing is ever unpickled.
+
+    Every place that accepts a checkpoint calls this before reading anything else."""
+    from robustfeat.train.record import RUN_FILE
+
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        read = [path / name for name in (WEIGHTS_NAME, CONFIG_NAME, RUN_FILE)]
+        files = [f for f in read if f.is_file()]
+        if not (path / WEIGHTS_NAME).is_file():
+            files += sorted(f for f in path.iterdir() if f.is_file() and f not in read)
+    else:
+        return
     for f in files:
-        if f.suffix.lower() in {".safetensors", ".json"}:
-            continue
-        with f.open("rb") as fh:
-            head = fh.read(4)
-        # Pickle protocol 2+ starts with 0x80; torch.save's zip container with 'PK'.
-        pickled = f.suffix.lower() in PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04"
-        if pickled and (path.is_file() or not (path / WEIGHTS_NAME).exists()):
-            raise CheckpointError(
-                f"'{f}' is a pickle-based checkpoint; robustfeat never unpickles files because "
-                "unpickling can run arbitrary code. Re-save the weights as safetensors "
-                "(save_adapters writes a safe folder) and pass that folder."
-            )
+        kind = pickle_kind(f)
+        if kind is None and f.suffix.lower() in PICKLE_SUFFIXES and not _is_safetensors(f):
+            kind = f"a {f.suffix.lower()} file, a pickle format"
+        if kind is not None:
+            raise _pickle_error(f, kind)
 
 
+def _is_safetensors(f: Path) -> bool:
+    with f.open("rb") as fh:
+        return _safetensors_header(fh, os.fstat(fh.fileno()).st_size)
+
+
+# --- load -----------------------------------------------------------------------------
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Validate and read a checkpoint folder: (metadata, tensors)."""
     from safetensors import SafetensorError

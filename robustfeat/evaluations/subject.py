@@ -68,10 +68,11 @@ class RunSubject(Subject):
     """A finished run folder of ``robustfeat finetune`` (checkpoint + ``robustfeat.json``)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from robustfeat.adapters.checkpoint import read_checkpoint
+        from robustfeat.adapters.checkpoint import read_checkpoint, refuse_pickle
         from robustfeat.train.record import RunRecord
 
         p = Path(path).expanduser().absolute()
+        refuse_pickle(p)  # a pickle file or folder is named as one, before anything reads it
         if not p.is_dir():
             raise RobustfeatError(f"'{path}' is not a checkpoint folder (it {'is a file' if p.exists() else 'does not exist'}); "
                                   "pass a folder written by `robustfeat finetune`")

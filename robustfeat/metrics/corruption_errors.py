@@ -12,6 +12,7 @@ without a published reference model has no AlexNet numbers.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +60,11 @@ def _check(errors: Errors, corruptions: tuple[str, ...], what: str) -> None:
                 raise RobustfeatError(f"{what}: error {e!r} for {c} severity {s} is not in [0, 1]")
 
 
+def _check_clean(value: float, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise RobustfeatError(f"{what}: clean error {value!r} is not in [0, 1]")
+
+
 def mean_corruption_error(errors: Errors, corruptions: tuple[str, ...] = COMMON) -> float:
     """Plain mean error over corruptions and severities: no reference model."""
     _check(errors, corruptions, "the model")
@@ -75,6 +81,9 @@ def corruption_errors(errors: Errors, clean_error: float, reference: Errors | No
     clean error, and is left out (None) when that is not given.
     """
     _check(errors, corruptions, "the model")
+    _check_clean(clean_error, "the model")
+    if reference_clean_error is not None:
+        _check_clean(reference_clean_error, "the reference")
     notes: list[str] = []
     if reference is None:
         unknown = [c for c in corruptions if c not in ALEXNET_MEAN_ERROR]

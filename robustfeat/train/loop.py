@@ -325,6 +325,9 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_run(path: str | os.PathLike, device: str | None = None, progress: bool = False) -> tuple[ModelHandle, DatasetBundle, dict[str, Any]]:
     """Rebuild a finished run: the base model with its adapters loaded, its data, and the record."""
+    from robustfeat.adapters.checkpoint import refuse_pickle
+
+    refuse_pickle(path)  # before the record is read and the base model built
     record = RunRecord.read(path)
     handle, data = record.rebuild(device, progress)
     return handle, data, record.raw

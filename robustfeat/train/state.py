@@ -49,7 +49,10 @@ def read_meta(out: Path) -> dict[str, Any] | None:
 def load_state(out: Path, tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     from safetensors.torch import load_file
 
+    from robustfeat.adapters.checkpoint import refuse_pickle
+
     folder = out / STATE_DIR
+    refuse_pickle(folder)  # safetensors and JSON only; a planted pickle is named as one
     saved = load_file(str(folder / "model.safetensors"))
     with torch.no_grad():
         for name, t in tensors.items():
