@@ -80,7 +80,9 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
              **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
-    (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...)."""
+    (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). The
+    table's ``attrs["cells"]`` says how many cells this call planned (``total``) and how
+    many of them an earlier run had already finished and were reused (``reused``)."""
     from tqdm.auto import tqdm
 
     from robustfeat.evaluations.base import option_overrides, require_in_bank
@@ -139,7 +141,9 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
             ctx.release()
     finally:
         bar.close()
-    return store.write_table()
+    frame = store.write_table()
+    frame.attrs["cells"] = {"total": total, "reused": finished}
+    return frame
 
 
 def _check_shifts(wanted: set[str], plan) -> None:
