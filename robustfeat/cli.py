@@ -195,6 +195,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, progress=not args.no_progress, **options)
     table = per_checkpoint(frame.assign(results_dir=str(args.out)))
     print(format_table(*headline_rows(table, ("checkpoint", "method"))))
+    cells = frame.attrs.get("cells") or {}
+    if cells.get("reused"):
+        print(f"resumed: {cells['reused']} of {cells['total']} cells were already done (kept, not computed again)")
     print(f"{len(frame)} result rows in {args.out}/results.csv (provenance in {args.out}/results.json)")
     return 0
 

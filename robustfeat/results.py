@@ -49,8 +49,11 @@ def safe_name(text: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all. The caller holds the lock that guards ``path``, so
+    the temporary file's name is fixed: one that a killed run left is overwritten and moved
+    away by the next write of the same file instead of lying there for good."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -186,7 +189,7 @@ class ResultsStore:
             frame = pd.DataFrame(rows, columns=COLUMNS)
             frame = frame.sort_values(["checkpoint", "evaluation", "shift", "severity", "metric"], kind="stable")
             frame = frame.reset_index(drop=True)
-            tmp = self.root / f".results.csv.{os.getpid()}.tmp"
+            tmp = self.root / ".results.csv.tmp"  # under the lock: a fixed name (see _atomic_write)
             frame.to_csv(tmp, index=False, float_format="%.10g")
             os.replace(tmp, self.root / "results.csv")
             try:
@@ -194,7 +197,7 @@ class ResultsStore:
             except ImportError:
                 pass
             else:
-                tmp = self.root / f".results.parquet.{os.getpid()}.tmp"
+                tmp = self.root / ".results.parquet.tmp"  # under the lock: a fixed name (see _atomic_write)
                 frame.to_parquet(tmp, index=False)
                 os.replace(tmp, self.root / "results.parquet")
             return frame

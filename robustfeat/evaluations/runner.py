@@ -82,7 +82,9 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
     (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). Every check
-    runs before anything is written: a refused call leaves ``out`` as it was."""
+    runs before anything is written: a refused call leaves ``out`` as it was. The table's
+    ``attrs["cells"]`` says how many cells this call planned (``total``) and how many of them
+    an earlier run had already finished and were reused (``reused``)."""
     from tqdm.auto import tqdm
 
     if not checkpoints:
@@ -125,7 +127,9 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
             ctx.release()
     finally:
         bar.close()
-    return store.write_table()
+    frame = store.write_table()
+    frame.attrs["cells"] = {"total": total, "reused": finished}
+    return frame
 
 
 def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | None = None, shifts: list[str] | None = None,

@@ -65,8 +65,9 @@ def _run(spec: TrialSpec, out: str | os.PathLike) -> dict[str, Any]:
     from robustfeat.train.record import RUN_FILE, RunRecord
 
     config = TrainConfig.from_dict(spec.train)
-    if not RunRecord.finished(ckpt, config):
-        finetune(config, ckpt, overwrite=(ckpt / RUN_FILE).is_file(), progress=False)
+    # a finished checkpoint of this trial returns at once (tidied of what a kill may have left)
+    finetune(config, ckpt, overwrite=(ckpt / RUN_FILE).is_file() and not RunRecord.finished(ckpt, config),
+             progress=False)
     opts = dict(spec.evaluate)
     shifts = opts.pop("shifts", None)
     evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False, **opts)

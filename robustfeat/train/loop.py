@@ -14,7 +14,6 @@ import math
 import os
 import resource
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from robustfeat.models.zoo import load_model
 from robustfeat.registry import ADAPTERS
 from robustfeat.train.config import TrainConfig
 from robustfeat.train.record import RUN_FILE, RUN_FORMAT, RunRecord
-from robustfeat.train.state import STATE_DIR, clear_state, load_state, read_meta, save_state
+from robustfeat.train.state import STATE_DIR, clear_state, load_state, read_meta, recover_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +203,11 @@ def _finetune(config: TrainConfig, out: Path, device: str | None, overwrite: boo
     from tqdm.auto import tqdm
 
     digest = config.digest()
+    if out.is_dir():
+        recover_state(out)
     done = finished_run(out, config) if not overwrite else None
     if done is not None:  # the same command again after it finished (e.g. killed just at the end)
+        _tidy_finished(out)
         return done
     resume = check_output(out, digest, overwrite)
     if overwrite and out.exists() and not resume:
@@ -301,10 +303,25 @@ def _finetune(config: TrainConfig, out: Path, device: str | None, overwrite: boo
     return RunResult(out, metric, value, total, start, record)
 
 
+def _final_tmp(out: Path) -> Path:
+    """Where the final checkpoint is written before it is moved into ``out``: beside it, a
+    fixed name (the caller holds ``out``'s lock), so what a killed run left there is found."""
+    return out.parent / f".{out.name}.final"
+
+
+def _tidy_finished(out: Path) -> None:
+    """Drop what a kill just after the run record was moved in can leave: the resumable state
+    and the temporary folder of the final checkpoint."""
+    clear_state(out)
+    shutil.rmtree(_final_tmp(out), ignore_errors=True)
+
+
 def _write_final(model: torch.nn.Module, out: Path, record: dict[str, Any], base_id: str) -> None:
     """Checkpoint files and the run record appear together: written beside ``out`` and
     swapped in, then the resumable state is dropped."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _final_tmp(out)
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed run's
+    tmp.mkdir()
     try:
         ckpt = save_adapters(model, tmp / "ckpt", base_id=base_id)
         (ckpt / RUN_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")

@@ -33,10 +33,20 @@ def save_state(out: Path, tensors: dict[str, torch.Tensor], optimizer: torch.opt
     save_file(opt, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
     final, old = out / STATE_DIR, out / (STATE_DIR + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # a kill while the last one was dropped leaves it
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_state(out: Path) -> None:
+    """Put back the newest complete state when a kill fell between :func:`save_state`'s two
+    renames (the current state moved to ``.old``, the new one not yet in place), so that
+    the rerun resumes from it rather than from the start."""
+    final, old = out / STATE_DIR, out / (STATE_DIR + ".old")
+    if not final.exists() and (old / "state.json").is_file():
+        os.replace(old, final)
 
 
 def read_meta(out: Path) -> dict[str, Any] | None:
