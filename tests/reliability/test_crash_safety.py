@@ -67,6 +67,28 @@ def _cmd(*args) -> list[str]:
     return [sys.executable, "-m", "robustfeat", *map(str, args)]
 
 
+# Runs the CLI with one function made slow (it sleeps after it returns), so that a short window,
+# such as the final checkpoint's temporary folder, stays open long enough to be seen and killed in.
+_SLOWED = """
+import sys, time, importlib, functools
+mod, name, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+m = importlib.import_module(mod)
+f = getattr(m, name)
+@functools.wraps(f)
+def slow(*a, **k):
+    r = f(*a, **k)
+    time.sleep(delay)
+    return r
+setattr(m, name, slow)
+from robustfeat.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _slowed_cmd(slow: tuple[str, str, float], *args) -> list[str]:
+    return [sys.executable, "-c", _SLOWED, *map(str, slow), *map(str, args)]
+
+
 def _env(cache: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     if cache is not None:
@@ -103,6 +125,7 @@ class Kill:
     trigger: str
     when: Callable[[Path, Path | None], bool] | float
     cold: bool = False
+    slow: tuple[str, str, float] | None = None  # (module, function, seconds): see _SLOWED
 
 
 @dataclass
@@ -129,7 +152,8 @@ def _safe(pred: Callable[[], bool]) -> bool:
 def _start_and_kill(args, kill: Kill, out: Path, cache: Path | None) -> bool:
     """Start the command, SIGKILL it when its event is seen (or its moment comes); whether the
     kill landed (the process was still running)."""
-    proc = subprocess.Popen(_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(cache))
+    cmd = _slowed_cmd(kill.slow, *args) if kill.slow else _cmd(*args)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(cache))
     t0 = time.perf_counter()
     while proc.poll() is None:
         if callable(kill.when):
@@ -158,7 +182,7 @@ def _kill_all(kills: list[Kill], make_args: Callable[[Path], list], inspect: Cal
             if o.killed:
                 break
             if not callable(kill.when):
-                kill = Kill(kill.trigger, kill.when / 2, kill.cold)
+                kill = Kill(kill.trigger, kill.when / 2, kill.cold, kill.slow)
         if o.killed:
             o.left = inspect(o.out, c)
             o.kind = o.left["kind"]
@@ -289,7 +313,10 @@ def finetune_kills(rng, duration: float) -> list[Kill]:
 
     ks = sorted(rng.choice(np.arange(3, STEPS, 3), size=5, replace=False).tolist())
     return [*(Kill(f"training state at step >= {k}", state_at(k)) for k in ks),
-            Kill("final checkpoint being written", lambda out, _: bool(_strays(out))),
+            # The final checkpoint's folder lives for milliseconds: its writer is slowed so the
+            # window is seen on a busy machine too.
+            Kill("final checkpoint being written", lambda out, _: bool(_strays(out)),
+                 slow=("robustfeat.train.loop", "save_adapters", 1.0)),
             Kill("run record written", lambda out, _: (out / "robustfeat.json").exists()),
             Kill("random moment", float(rng.uniform(0.2, 0.9) * duration))]
 
