@@ -57,6 +57,32 @@ class AdapterMethod:
     supports_disable: ClassVar[bool] = True
     #: Extra config variants the generated contract tests also run, e.g. [{"shift": True}].
     contract_variants: ClassVar[list[dict[str, Any]]] = []
+    #: The value each adapter parameter takes where the adapter does nothing, by parameter name
+    #: (PEFT's ``name.default`` included); :meth:`scale` moves each of them along the line from
+    #: that value to the trained one. Parameters not named here (LoRA's A) are left as trained.
+    scale_identity: ClassVar[dict[str, float]] = {}
+
+    @classmethod
+    def scale(cls, model: nn.Module, alpha: float, base: nn.Module | None = None,
+              keep: tuple[str, ...] = ()) -> None:
+        """Scale the fine-tuning update of ``model`` by ``alpha`` in place (adapter-scale
+        curves, WiSE-FT for adapters): 0 gives the base model, exactly, 1 leaves it as
+        trained, exactly (``torch.lerp`` is exact at both ends). ``keep`` names modules left
+        as trained (the task head); ``base`` is the model before fine-tuning (full only)."""
+        if not cls.scale_identity:
+            raise UnsupportedError(f"method '{cls.name}' has no fine-tuning update to scale")
+        found = False
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if under_modules(name, keep):
+                    continue
+                parts = name.split(".")
+                key = parts[-2] if parts[-1] == "default" and len(parts) > 1 else parts[-1]
+                if key in cls.scale_identity:
+                    p.copy_(torch.lerp(torch.full_like(p, cls.scale_identity[key]), p, float(alpha)))
+                    found = True
+        if not found:
+            raise UnsupportedError(f"the model holds no {cls.name} adapter parameters to scale")
 
     @classmethod
     def validate_config(cls, config: AdapterConfig) -> None:
@@ -84,6 +110,10 @@ class AdapterMethod:
     def trainable_by_default(cls) -> bool:
         """Whether injection leaves the whole base trainable (full fine-tuning)."""
         return False
+
+
+def under_modules(name: str, keep: tuple[str, ...]) -> bool:
+    return any(name == k or name.startswith(k + ".") or f".{k}." in f".{name}" for k in keep)
 
 
 def _generator(config: AdapterConfig, path: str) -> torch.Generator | None:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from robustfeat.adapters.base import AdapterMethod
+from robustfeat.adapters.base import AdapterMethod, under_modules
 from robustfeat.adapters.config import AdapterConfig
 from robustfeat.adapters.layers import LayerInfo, LayerKind
 from robustfeat.errors import ConfigError, UnsupportedError
@@ -48,6 +48,26 @@ class FullFineTuning(_NoLayers):
     @classmethod
     def trainable_by_default(cls) -> bool:
         return True
+
+    @classmethod
+    def scale(cls, model: nn.Module, alpha: float, base: nn.Module | None = None,
+              keep: tuple[str, ...] = ()) -> None:
+        """theta0 + alpha (theta - theta0) for every weight the base has (WiSE-FT); the task
+        head (``keep``) stays as trained."""
+        import torch
+
+        if base is None:
+            raise UnsupportedError("scaling a full fine-tune needs the base model's weights (base=...)")
+        theta0 = dict(base.named_parameters())
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if under_modules(name, keep):
+                    continue
+                p0 = theta0.get(name)
+                if p0 is None or p0.shape != p.shape:
+                    raise UnsupportedError(f"the base model has no weight '{name}' of shape {tuple(p.shape)} "
+                                           "to scale the full fine-tune towards")
+                p.copy_(torch.lerp(p0.to(p), p, float(alpha)))
 
 
 @ADAPTERS.register("linear")
@@ -131,6 +151,7 @@ class IA3Bridge(_PeftBridge):
     formula = "d_out per layer"
     default_lr = 2e-2
     peft_type = "IA3"
+    scale_identity = {"ia3_l": 1.0}
 
     @classmethod
     def layer_param_count(cls, info: LayerInfo, config: AdapterConfig) -> int:
@@ -157,6 +178,7 @@ class VeRABridge(_PeftBridge):
     options = frozenset({"rank", "dropout"})
     layer_kinds = frozenset({"linear", "conv1d-transposed"})
     peft_type = "VERA"
+    scale_identity = {"vera_lambda_b": 0.0}  # the update diag(b) B diag(d) A is linear in b
 
     @classmethod
     def layer_param_count(cls, info: LayerInfo, config: AdapterConfig) -> int:

@@ -19,6 +19,7 @@ class LoRALayer(AdapterLayer):
     name = "lora"
     summary = "weight-space low-rank update: W0 + s*B@A (B zero-init)"
     formula = "r*(d_in*k + d_out) per layer (k = kernel elements, 1 for linear)"
+    scale_identity = {"lora_B": 0.0}  # the update B A is linear in B
     options = frozenset({"rank", "alpha", "dropout"})
 
     @classmethod

@@ -23,6 +23,7 @@ class LoRFALayer(AdapterLayer):
     name = "lorfa"
     summary = "feature-space low-rank transform of the input: W0 @ (I + s*B@A) (B zero-init)"
     formula = "2*r*d_in per layer"
+    scale_identity = {"lorfa_B": 0.0}  # the feature update B A x is linear in B
     options = frozenset({"rank", "alpha", "dropout"})
 
     @classmethod

@@ -23,6 +23,7 @@ class VeFALayer(AdapterLayer):
     name = "vefa"
     summary = "feature-space element-wise scale of the input: W0 @ diag(lam) (lam init 1), optional shift"
     formula = "d_in per layer (2*d_in with shift)"
+    scale_identity = {"vefa_lam": 1.0, "vefa_shift": 0.0}  # lam -> 1 + alpha (lam - 1), t -> alpha t
     options = frozenset({"shift"})
     default_lr = 2e-2  # vector methods need a 10-100x higher rate than LoRA
     contract_variants = [{"shift": True}]

@@ -213,3 +213,39 @@ class PlannedSubject(Subject):
 
     def load_base(self, device: str | None):
         return self._build(device)[0]
+
+
+class ScaledSubject(RunSubject):
+    """A finished run with its fine-tuning update scaled by ``alpha`` (adapter-scale curves,
+    WiSE-FT for adapters): 0 is the base model (with the run's trained head), 1 the run as
+    trained, values above 1 extrapolate. Each method says how its update scales
+    (:meth:`~robustfeat.adapters.base.AdapterMethod.scale`)."""
+
+    def __init__(self, path: str | os.PathLike, alpha: float) -> None:
+        from robustfeat.registry import ADAPTERS
+
+        super().__init__(path)
+        alpha = float(alpha)
+        if not (alpha == alpha and abs(alpha) < 1e6):
+            raise RobustfeatError(f"an adapter scale must be a finite number, got {alpha!r}")
+        method = ADAPTERS.get(self.method)
+        if not method.scale_identity and method.name != "full":
+            raise RobustfeatError(f"'{self.path}' was fine-tuned with {self.method}, which has no fine-tuning update "
+                                  "to scale (scale curves are for the adapter methods and full fine-tuning)")
+        self.alpha = alpha
+
+    @property
+    def id(self) -> str:
+        return f"{super().id}-x{self.alpha:g}"
+
+    def provenance(self) -> dict[str, Any]:
+        return {**super().provenance(), "scale": self.alpha}
+
+    def load(self, device: str | None) -> tuple:
+        from robustfeat.registry import ADAPTERS
+
+        handle, data = super().load(device)
+        if self.alpha != 1.0:
+            base = self.load_base(device).model if self.method == "full" else None
+            ADAPTERS.get(self.method).scale(handle.model, self.alpha, base=base, keep=tuple(handle.head))
+        return handle, data
