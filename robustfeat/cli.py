@@ -183,6 +183,15 @@ def headline_rows(table, id_columns: Sequence[str]) -> tuple[list[str], list[tup
     return headers, rows
 
 
+def _numbers(text: str, flag: str) -> list[float]:
+    from robustfeat.errors import RobustfeatError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RobustfeatError(f"{flag} takes comma-separated numbers (e.g. 0,0.5,1), got {text!r}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from robustfeat.report.summary import per_checkpoint
     from robustfeat.evaluations.base import all_options
@@ -192,7 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     frame = evaluate(args.checkpoints, args.out, bank=args.bank,
                      shifts=[s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None,
                      quick=args.quick, reference=args.reference, device=args.device, seed=args.seed,
-                     batch_size=args.batch_size, progress=not args.no_progress, **options)
+                     batch_size=args.batch_size, progress=not args.no_progress,
+                     scales=_numbers(args.scales, "--scales") if args.scales else None, **options)
     table = per_checkpoint(frame.assign(results_dir=str(args.out)))
     print(format_table(*headline_rows(table, ("checkpoint", "method"))))
     cells = frame.attrs.get("cells") or {}
@@ -212,7 +222,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from robustfeat.report import headline_table, load_results
-    from robustfeat.study import QUICKSTART, run_study
+    from robustfeat.quickstart import QUICKSTART, run_study
 
     print("robustfeat quickstart: " + "; ".join(f"{s.model} on {s.data} with {', '.join(s.methods)}"
                                                 for s in QUICKSTART))
@@ -242,6 +252,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{info['ran']} trials run, {info['skipped']} already finished, in {info['wall_s']:.0f} s")
     if info["report"]:
         print(f"report: {info['report']}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from robustfeat.study import read_study, run_study
+
+    spec = read_study(args.study)
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    info = run_study(spec, args.out, backend=args.backend, address=args.address, families=families,
+                     progress=not args.no_progress, outputs=False, log=lambda m: print(m, flush=True))
+    from robustfeat.study.outputs import write_outputs
+
+    command = " ".join(["robustfeat study", str(args.study), "--out", str(args.out),
+                        *(["--backend", args.backend] if args.backend != "local" else []),
+                        *(["--families", args.families] if args.families else [])])
+    made = write_outputs(spec, info["out"], info["record"], command=command, pdf=not args.no_pdf)
+    for name, fam in info["record"]["families"].items():
+        times = "; ".join(f"{k} {v['machine_s'] / 60:.1f} min" for k, v in fam.get("stages", {}).items())
+        print(f"{name}: chosen rates " + ", ".join(f"{a} {c['chosen']:g}" for a, c in fam["choices"].items())
+              + f" (machine time: {times})")
+    if made.get("readme"):
+        print(f"verdicts: {info['out'] / 'verdicts.csv'}; summary: {info['out'] / 'summary.csv'}; "
+              f"README: {made['readme']}; report: {made['report_html']}")
     return 0
 
 
@@ -334,6 +367,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
         for name, (evaluation, o) in all_options().items():
             ev.add_argument(o.flag, dest=name, type=o.type, metavar=o.metavar,
                             help=f"{o.help} [{evaluation}]")
+    ev.add_argument("--scales", help="evaluate each checkpoint with its fine-tuning update scaled by each of these "
+                                     "comma-separated factors (e.g. 0,0.5,1; 0 is the base, 1 as trained)")
     ev.add_argument("--seed", type=int, default=0, help="seed for subsets, corruptions and bootstrap CIs (default 0)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
@@ -355,6 +390,16 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
+
+    st = sub.add_parser("study", help="the study: tune, seeds, scale curves and verdicts per family (resumable)")
+    st.add_argument("study", help="study YAML file (families with model, data, methods, tuning, seeds, bank, scale)")
+    st.add_argument("--out", required=True, help="study folder (rerun the same command to resume)")
+    st.add_argument("--backend", default="local", help="local (default) or ray (robustfeat ls backends)")
+    st.add_argument("--address", help="Ray cluster address (ray backend); default: start a local Ray instance")
+    st.add_argument("--families", help="comma-separated families of the study file to run now (default: all)")
+    st.add_argument("--no-pdf", action="store_true", help="write study.html only")
+    st.add_argument("--no-progress", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_study)
 
     qs = sub.add_parser("quickstart", help="the whole story on real models and data: fine-tune, evaluate, report")
     qs.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart; rerun to resume)")

@@ -16,7 +16,7 @@ from robustfeat.registry import ADAPTERS
 from tests.models import CASES, adapter_params, perturb
 from tests.test_contract import inputs, make_config, supported
 
-SCALED = [n for n, m in ADAPTERS.items() if m.scale_identity or n == "full"]
+SCALED = [n for n, m in ADAPTERS.items() if m.scalable()]
 CASES_BY = [pytest.param(n, c, id=f"{n}-{c.name}") for n in SCALED for c in CASES if supported(n, c)]
 
 

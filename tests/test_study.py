@@ -1,79 +1,208 @@
-"""The quickstart study machinery on tiny models: every stage runs, the report is written
-(HTML and PDF), and a rerun reuses finished checkpoints and cells instead of redoing them."""
+"""The study (``robustfeat study``) on a tiny model: the tuning stage fine-tunes only and picks
+by validation alone (a planted shift-only improvement does not move the pick, a better
+validation score does); the seeds stage reuses the tuning seed's fine-tune; the scale stage
+at alpha 1 equals the checkpoint and at alpha 0 the base, exactly; the outputs are written;
+a study killed halfway and resumed ends with the same numbers as one run straight through;
+bad study files are one clear error that leaves nothing behind."""
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
 import pytest
+import yaml
 
-from robustfeat.study import QUICKSTART, Scenario, plan, run_study
+from robustfeat.study import StudyError, parse_study, run_study
+from robustfeat.study.stages import choose_rates, matched_ranks, tuning_trials
 
-TINY = (
-    Scenario("text", "tiny-bert", "rotten-tomatoes", ("linear", "lora"),
-             train={"max_examples": 128, "max_eval_examples": 64, "checkpoint_every": 100},
-             shifts=("clean", "vader-nyt", "cka", "weights"), finetune_s=2, evaluate_s=5),
-    Scenario("images", "tiny-cnn", "mnist-5k", ("linear", "vefa"),
-             train={"max_examples": 128, "max_eval_examples": 64, "image_size": 32, "checkpoint_every": 100},
-             shifts=("clean", "fog", "imagenet-agreement", "cka"), finetune_s=2, evaluate_s=5),
-)
-
-
-def test_study_runs_every_stage_then_resumes(tmp_path, monkeypatch, capsys):
-    import robustfeat.train as train_mod
-
-    out = tmp_path / "study"
-    info = run_study(out, TINY, pdf=True, progress=True)
-    assert [label for label, _ in info["stages"]][0] == "fine-tune tiny-bert on rotten-tomatoes with linear"
-    assert len(info["stages"]) == 2 * 3 + 1
-    assert info["report_html"].is_file() and info["report_pdf"].read_bytes()[:5] == b"%PDF-"
-    html = info["report_html"].read_text()
-    assert "tiny-bert on rotten-tomatoes" in html and "tiny-cnn on mnist-5k" in html
-    for sc in TINY:
-        for m in sc.methods:
-            assert (out / sc.name / "checkpoints" / m / "robustfeat.json").is_file()
-        assert (out / sc.name / "results" / "results.csv").is_file()
-    assert "[7/7] write report.html and report.pdf" in capsys.readouterr().err
-    # a rerun fine-tunes nothing and evaluates no cell again
-    calls = []
-    monkeypatch.setattr(train_mod, "finetune", lambda *a, **k: calls.append(a))
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("cells/*/*/*.json")}
-    again = run_study(out, TINY, pdf=False, progress=False)
-    assert calls == [] and {p: p.stat().st_mtime_ns for p in out.rglob("cells/*/*/*.json")} == before
-    assert again["wall_s"] < info["wall_s"]
-    # results of an older bank version (a robustfeat upgrade) are moved aside, not mixed in
-    # or lost, and the checkpoints are evaluated again
-    meta_file = out / "images" / "results" / "results.json"
-    meta = __import__("json").loads(meta_file.read_text())
-    old_csv = (out / "images" / "results" / "results.csv").read_bytes()
-    meta["bank"] = "image-v0-quick"
-    meta_file.write_text(__import__("json").dumps(meta))
-    text_before = {p: p.stat().st_mtime_ns for p in (out / "text").rglob("cells/*/*/*.json")}
-    run_study(out, TINY, pdf=False, progress=False)
-    moved = out / "images" / "results-image-v0-quick"
-    assert (moved / "results.csv").read_bytes() == old_csv
-    assert "moved them to results-image-v0-quick" in capsys.readouterr().err
-    fresh = __import__("json").loads(meta_file.read_text())
-    assert fresh["bank"].startswith("image-v") and fresh["bank"] != "image-v0-quick"
-    assert (out / "images" / "results" / "results.csv").is_file() and calls == []
-    assert {p: p.stat().st_mtime_ns for p in (out / "text").rglob("cells/*/*/*.json")} == text_before
+TINY = {"families": {"text": {
+    "model": "tiny-bert", "data": "rotten-tomatoes",
+    "methods": ["lora", "vefa", "lora-matched"],
+    "train": {"max_examples": 64, "max_eval_examples": 32, "checkpoint_every": 100},
+    "seeds": [0, 1],
+    "evaluate": {"quick": True, "shifts": ["clean", "vader-nyt", "embedding-geometry"]},
+    "scale": {"alphas": [0, 0.5, 1], "evaluate": {"quick": True, "shifts": ["clean", "embedding-geometry"]}},
+    "margins": {"id_acc": 0.05},
+}}, "resources": {"threads": 1}}
 
 
-def test_study_refuses_a_file_as_its_folder(tmp_path):
-    from robustfeat.errors import RobustfeatError
-
-    f = tmp_path / "file"
-    f.write_text("x")
-    with pytest.raises(RobustfeatError, match="is a file"):
-        run_study(f, TINY, progress=False)
-    assert f.read_text() == "x"
+def _doc(**change):
+    doc = copy.deepcopy(TINY)
+    doc["families"]["text"].update(change)
+    return doc
 
 
-def test_the_quickstart_covers_what_it_promises():
-    text, images = QUICKSTART
-    assert (text.model, text.data, images.model, images.data) == \
-        ("minilm-l6", "rotten-tomatoes", "efficientnet-lite0", "fashion-mnist")
-    for sc in QUICKSTART:
-        assert {"linear", "lora", "lorfa", "vefa"} == set(sc.methods)
-        assert {"cka", "weights"} <= set(sc.shifts)
-    assert "ood" in text.shifts and "embedding-geometry" in text.shifts
-    assert {"corruptions", "imagenet-agreement", "linear-probe"} <= set(images.shifts)
-    assert len(plan(__import__("pathlib").Path("/nonexistent"), QUICKSTART)) == 4 + 1 + 4 + 1 + 1
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    spec_file = root / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY))
+    info = run_study(spec_file, root / "out", progress=False, log=lambda m: None)
+    return root, info
+
+
+def _frame(out: Path, rel: str) -> pd.DataFrame:
+    return pd.read_csv(out / rel / "results.csv")
+
+
+def test_the_stages_run_and_the_outputs_are_written(study):
+    root, info = study
+    out, fam = info["out"], info["record"]["families"]["text"]
+    assert set(fam["stages"]) == {"tuning", "seeds", "scale"}
+    assert fam["stages"]["tuning"]["trials"] == 9 and fam["stages"]["seeds"]["trials"] == 6
+    assert fam["stages"]["scale"]["trials"] == 6
+    # every arm tried three rates spanning at least 10x around its default; the pick is one of them
+    for arm, c in fam["choices"].items():
+        rates = sorted(map(float, c["scores"]))
+        assert len(rates) == 3 and rates[-1] / rates[0] >= 10 - 1e-9 and c["chosen"] in rates, arm
+    # tuning trials fine-tune only; the seeds stage reuses the tuning seed's checkpoint
+    tuning = [json.loads(p.read_text()) for p in (out / "text" / "trials").glob("*/done.json")
+              if json.loads((p.parent / "trial.json").read_text())["evaluate"] is None]
+    assert len(tuning) == 9 and all(t["results"] is None for t in tuning)
+    assert len(list((out / "text" / "checkpoints").glob("*/robustfeat.json"))) == 9 + 3  # 3 arms x 1 more seed
+    # the budget-matched lora trains about as many adapter parameters as vefa, at its own rank
+    assert fam["matched_ranks"]["lora-matched"] >= 1 and fam["trainable"]["lora-matched"] < fam["trainable"]["lora"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"family", "model", "data", "method", "seeds", "metric", "mean", "ci_low", "ci_high", "diff_vs_lora",
+            "diff_low", "diff_high"} <= set(summary.columns)
+    assert set(summary.method) == {"lora", "vefa", "lora-matched"} and set(summary.family) == {"text-classifier"}
+    assert (summary.seeds == 2).all()
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    assert set(verdicts.verdict) <= {"supported", "contradicted", "inconclusive"} and len(verdicts)
+    assert set(verdicts.method) == {"vefa", "lora-matched"}
+    ind = verdicts[verdicts.claim == "comparable in-domain score"]
+    assert (ind.margin == 0.05).all()  # the study file's margin, not the default
+    readme = (out / "README.md").read_text()
+    assert "## text: tiny-bert on rotten-tomatoes" in readme and "chosen on validation" in readme
+    assert "![scale curves of text](figures/text-scale.png)" in readme
+    assert (out / "figures" / "text-scale.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Verdicts" in (out / "study.html").read_text() and (out / "study.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_scale_one_is_the_checkpoint_and_zero_the_base_exactly(study):
+    _, info = study
+    out, fam = info["out"], info["record"]["families"]["text"]
+    seeds = {}
+    for rel in fam["results"]:
+        f = _frame(out, rel)
+        seeds[json.loads((out / rel / "results.json").read_text())["checkpoints"].popitem()[1]["path"]] = f
+    compared = 0
+    for rel in fam["scale_results"]:
+        meta = json.loads((out / rel / "results.json").read_text())["checkpoints"]
+        f = _frame(out, rel)
+        for ckpt_id, c in meta.items():
+            rows = f[f.checkpoint == ckpt_id].set_index(["evaluation", "shift", "metric"])["value"]
+            if c["scale"] == 1.0:
+                plain = seeds[c["path"]].set_index(["evaluation", "shift", "metric"])["value"]
+                shared = rows.index.intersection(plain.index)
+                assert len(shared) >= 3
+                assert rows[shared].tolist() == plain[shared].tolist()  # bit for bit
+                compared += 1
+            elif c["scale"] == 0.0:  # the base's own embeddings: geometry kept perfectly
+                geo = rows[rows.index.get_level_values("evaluation") == "embedding-geometry"]
+                assert len(geo) and (geo[geo.index.get_level_values("metric") == "geometry_spearman"] == 1.0).all()
+    assert compared == 6
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tuning_picks_by_validation_only(study, tmp_path):
+    _, info = study
+    out = info["out"]
+    spec = parse_study(TINY)
+    fam = spec.families[0]
+    trials = [t for t in tuning_trials(fam, matched_ranks(fam)) if t.arm == "lora"]
+    records = {}
+    for t in trials:  # copies of the tuning checkpoints, to plant numbers in
+        done = json.loads((out / "text" / "trials" / t.spec.key / "done.json").read_text())
+        records[t.spec.key] = {**done, "checkpoint": str(_copy_run(Path(done["checkpoint"]), tmp_path / t.spec.key))}
+    chosen = choose_rates(fam, trials, records)["lora"]["chosen"]
+    other = next(t for t in trials if t.spec.train["lr"] != chosen)
+    # a planted shift-only improvement: the other rate's checkpoint evaluated with a perfect OOD score
+    from robustfeat.evaluations.runner import evaluate
+
+    planted = tmp_path / "planted"
+    evaluate([records[other.spec.key]["checkpoint"]], planted, quick=True, shifts=["vader-nyt"], progress=False)
+    csv = pd.read_csv(planted / "results.csv")
+    csv.loc[csv.metric == "accuracy", "value"] = 1.0
+    csv.to_csv(planted / "results.csv", index=False)
+    records[other.spec.key]["results"] = str(planted)
+    assert choose_rates(fam, trials, records)["lora"]["chosen"] == chosen
+    # a better validation score does move it: the pick reads validation and nothing else
+    run_file = Path(records[other.spec.key]["checkpoint"]) / "robustfeat.json"
+    rec = json.loads(run_file.read_text())
+    rec["validation"]["value"] = 0.99
+    run_file.write_text(json.dumps(rec))
+    assert choose_rates(fam, trials, records)["lora"]["chosen"] == other.spec.train["lr"]
+
+
+def test_a_killed_study_resumes_to_the_same_numbers(study, tmp_path, monkeypatch):
+    import robustfeat.sweep.run as run_mod
+
+    _, info = study
+    calls, real = [], run_mod._run
+
+    def dies_at_the_fourteenth(spec, out):
+        calls.append(spec.key)
+        if len(calls) == 14:  # in the seeds stage, after 9 tuning and 4 seeds trials
+            raise KeyboardInterrupt
+        return real(spec, out)
+
+    monkeypatch.setattr(run_mod, "_run", dies_at_the_fourteenth)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(parse_study(TINY), tmp_path / "out", progress=False, log=lambda m: None)
+    assert not (tmp_path / "out" / "summary.csv").exists()
+    monkeypatch.setattr(run_mod, "_run", real)
+    again = run_study(parse_study(TINY), tmp_path / "out", progress=False, log=lambda m: None)
+    first = info["out"]
+    for name in ("summary.csv", "verdicts.csv", "text-scale.csv"):
+        assert (again["out"] / name).read_bytes() == (first / name).read_bytes(), name
+    fam = again["record"]["families"]["text"]
+    assert fam["choices"] == info["record"]["families"]["text"]["choices"]
+
+
+def test_a_rerun_recomputes_nothing(study):
+    root, info = study
+    out = info["out"]
+    cells = {p: p.stat().st_mtime_ns for p in out.rglob("cells/*/*/*.json")}
+    ckpts = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoints/*/robustfeat.json")}
+    from robustfeat.cli import main
+
+    assert main(["study", str(root / "tiny.yaml"), "--out", str(out), "--no-progress", "--no-pdf"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("cells/*/*/*.json")} == cells
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoints/*/robustfeat.json")} == ckpts
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"methods": ["vefa", "lorfa"]}, "must include 'lora'"),
+    ({"methods": ["lora", "lora-matched"]}, "list vefa too"),
+    ({"methods": ["lora", "lora"]}, "names an arm twice"),
+    ({"methods": ["lora", "lorra"]}, "lorra"),
+    ({"tuning": {"factors": [0.5, 1, 2]}}, "spanning at least 10x"),
+    ({"tuning": {"lr": {"lora": [1e-4, 1e-2]}}}, "at least 3 values"),
+    ({"tuning": {"lr": {"dora": [1e-4, 1e-3, 1e-2]}}}, "not studied: dora"),
+    ({"seeds": [0]}, "at least two distinct"),
+    ({"scale": {"alphas": [0.5, 1]}}, "must include 0"),
+    ({"scale": {"methods": ["linear"]}}, "must list studied arms"),
+    ({"train": {"lr": 0.1}}, "set by the study"),
+    ({"colour": "red"}, "unknown key"),
+    ({"margins": {"id_acc": -1}}, "positive number"),
+    ({"evaluate": {"shifts": ["fogg"]}}, "unknown shift 'fogg'"),
+])
+def test_bad_study_files_are_one_clear_error_and_leave_nothing(change, match, tmp_path):
+    with pytest.raises(StudyError, match=match):
+        run_study(parse_study(_doc(**change)), tmp_path / "out", progress=False, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_study_of_linear_cannot_scale_it():
+    doc = _doc(methods=["lora", "linear"], scale={"methods": ["lora", "linear"]})
+    with pytest.raises(StudyError, match="'linear' has no fine-tuning update to scale"):
+        parse_study(doc)

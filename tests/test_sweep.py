@@ -179,7 +179,7 @@ def test_a_killed_ray_worker_loses_and_duplicates_nothing(tmp_path):
     victim, deadline = None, time.time() + 240
     try:
         while victim is None and time.time() < deadline and proc.poll() is None:
-            if list(out.glob("trials/*/checkpoint/.train_state/*")):  # a trial is mid-training
+            if list(out.glob("checkpoints/*/.train_state/*")):  # a trial is mid-training
                 found = _trial_workers(proc.pid)
                 if found:
                     victim = found[0].pid

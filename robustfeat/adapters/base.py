@@ -63,6 +63,11 @@ class AdapterMethod:
     scale_identity: ClassVar[dict[str, float]] = {}
 
     @classmethod
+    def scalable(cls) -> bool:
+        """Whether :meth:`scale` applies (the method has a fine-tuning update to scale)."""
+        return bool(cls.scale_identity)
+
+    @classmethod
     def scale(cls, model: nn.Module, alpha: float, base: nn.Module | None = None,
               keep: tuple[str, ...] = ()) -> None:
         """Scale the fine-tuning update of ``model`` by ``alpha`` in place (adapter-scale

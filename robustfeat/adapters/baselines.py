@@ -50,6 +50,10 @@ class FullFineTuning(_NoLayers):
         return True
 
     @classmethod
+    def scalable(cls) -> bool:
+        return True
+
+    @classmethod
     def scale(cls, model: nn.Module, alpha: float, base: nn.Module | None = None,
               keep: tuple[str, ...] = ()) -> None:
         """theta0 + alpha (theta - theta0) for every weight the base has (WiSE-FT); the task

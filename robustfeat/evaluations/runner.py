@@ -78,18 +78,28 @@ def pick_reference(subjects: list[Subject], explicit: Subject | None) -> dict[st
 def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, bank: str | None = None,
              shifts: list[str] | None = None, quick: bool = False, reference: str | None = None,
              device: str | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
-             **options: Any):
+             scales: list[float] | None = None, sizes: dict[str, dict[str, Any]] | None = None, **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
     (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). Every check
     runs before anything is written: a refused call leaves ``out`` as it was. The table's
     ``attrs["cells"]`` says how many cells this call planned (``total``) and how many of them
-    an earlier run had already finished and were reused (``reused``)."""
+    an earlier run had already finished and were reused (``reused``). ``scales``: evaluate
+    each checkpoint with its fine-tuning update scaled by each of these factors instead
+    (adapter-scale curves; :class:`~robustfeat.evaluations.subject.ScaledSubject`).
+    ``sizes``: per evaluation, sizes other than the bank's (``{"ood": {"examples": 500}}``);
+    results of other sizes are never mixed in one folder."""
     from tqdm.auto import tqdm
 
     if not checkpoints:
         raise EvaluationError("give at least one checkpoint folder to evaluate")
     subjects = [read_subject(c) for c in dict.fromkeys(map(str, checkpoints))]
+    if scales is not None:
+        from robustfeat.evaluations.subject import ScaledSubject
+
+        if not scales:
+            raise EvaluationError("give at least one adapter scale (e.g. 0, 0.5, 1)")
+        subjects = [ScaledSubject(s.path, a) for s in subjects for a in dict.fromkeys(map(float, scales))]
     ref = None
     if reference is not None:
         ref = next((s for s in subjects if s.path == Path(reference).expanduser().absolute()), None)
@@ -98,11 +108,11 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
             subjects.append(ref)
     refs = pick_reference(subjects, ref)
     chosen, tag, plans, store = plan(subjects, out, bank=bank, shifts=shifts, quick=quick, device=device,
-                                     seed=seed, batch_size=batch_size, progress=progress, **options)
+                                     seed=seed, batch_size=batch_size, progress=progress, sizes=sizes, **options)
     assert store is not None
     # every check passed: only now is the results folder made or touched
     store.create()
-    store.update(provenance=_provenance(chosen, tag, quick, seed))
+    store.update(provenance=_provenance(chosen, tag, quick, seed, sizes or {}))
     # one overall bar over every cell of every checkpoint, its ETA from the start
     total = sum(len(cells) for _, plan_ in plans for _, _, cells in plan_)
     finished = sum(store.done(ctx.subject.id, c) for ctx, plan_ in plans for _, _, cells in plan_ for c in cells)
@@ -134,7 +144,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
 
 def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | None = None, shifts: list[str] | None = None,
          quick: bool = False, device: str | None = None, seed: int = 0, batch_size: int = 64,
-         progress: bool = True, **options: Any) -> tuple[Bank, str, list, ResultsStore | None]:
+         progress: bool = True, sizes: dict[str, dict[str, Any]] | None = None,
+         **options: Any) -> tuple[Bank, str, list, ResultsStore | None]:
     """Check an evaluation completely and lay it out, writing nothing: the bank, its results
     tag, per subject its context with ``[(evaluation name, evaluation, cells)]``, and the
     results store of ``out`` (checked, not created; None without ``out``). Unknown
@@ -147,7 +158,10 @@ def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | 
     overrides = option_overrides(options)  # unknown options and bad values fail before anything is read
     chosen = choose_bank(bank, {s.family for s in subjects})
     require_in_bank(overrides, {e.evaluation for e in chosen.entries}, chosen.name)
-    tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
+    if sizes:
+        for name, params in check_sizes(sizes, chosen).items():
+            overrides[name] = {**params, **overrides.get(name, {})}
+    tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "") + sizes_tag(sizes)
     store = ResultsStore(out, tag) if out is not None else None  # checks the folder; writes nothing
     base_dir = store.root / "base" if store is not None else Path(os.devnull)
     pick_device(device)  # an unavailable device is refused before anything is written
@@ -169,6 +183,37 @@ def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | 
     return chosen, tag, plans, store
 
 
+def check_sizes(sizes: Any, bank: Bank) -> dict[str, dict[str, Any]]:
+    """``sizes`` checked against ``bank``: each names an evaluation of the bank and only
+    parameters its entry sets (numbers of examples, ``k``), each a positive whole number."""
+    if not isinstance(sizes, dict):
+        raise EvaluationError(f"sizes must map evaluations to their sizes, e.g. {{ood: {{examples: 500}}}}; got {sizes!r}")
+    entries = {e.evaluation: e for e in bank.entries}
+    for name, params in sizes.items():
+        if name not in entries:
+            raise EvaluationError(f"sizes: bank {bank.name} has no evaluation '{name}' ({', '.join(entries)})")
+        known = {k for k, v in entries[name].params.items() if v is None or (isinstance(v, int) and not isinstance(v, bool))}
+        if not isinstance(params, dict) or not params:
+            raise EvaluationError(f"sizes: '{name}' needs a mapping of its sizes ({', '.join(sorted(known)) or 'none'})")
+        for k, v in params.items():
+            if k not in known:
+                raise EvaluationError(f"sizes: evaluation '{name}' has no size '{k}' (its sizes: "
+                                      f"{', '.join(sorted(known)) or 'none'})")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise EvaluationError(f"sizes: {name}.{k} must be a whole number >= 1, got {v!r}")
+    return sizes
+
+
+def sizes_tag(sizes: dict[str, dict[str, Any]] | None) -> str:
+    """The part of a results tag that keeps results of other sizes apart ('' for the bank's)."""
+    if not sizes:
+        return ""
+    import hashlib
+    import json
+
+    return "-sizes" + hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def check_shifts(wanted: set[str], plan, bank: str) -> None:
     """Refuse shift names that name no cell and no evaluation of ``plan`` (``[(name,
     evaluation, cells)]``, before selection); a suggestion comes from the same names the
@@ -185,12 +230,13 @@ def check_shifts(wanted: set[str], plan, bank: str) -> None:
         raise UnknownNameError(f"unknown shift '{s}'.{hint} Shifts here: {', '.join(here)}.")
 
 
-def _provenance(bank: Bank, tag: str, quick: bool, seed: int) -> dict[str, Any]:
+def _provenance(bank: Bank, tag: str, quick: bool, seed: int, sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from robustfeat.environment import git_revision, library_versions
 
     return {"bank": tag, "bank_version": bank.version, "quick": quick, "seed": seed, "versions": library_versions(), "git_revision": git_revision(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "evaluations": {e.evaluation: {**e.params, **(e.quick if quick else {})} for e in bank.entries},
+            "evaluations": {e.evaluation: {**e.params, **(e.quick if quick else {}), **sizes.get(e.evaluation, {})}
+                            for e in bank.entries},
             "mce": "CE_c = sum_s E_sc / sum_s E_sc(ref), mCE = mean_c CE_c; relative uses E_sc - E_clean; the "
                    "reference is the checkpoint named in the 'reference' column (the frozen base with a trained "
                    "head by default), never AlexNet here. mean_error needs no reference."}

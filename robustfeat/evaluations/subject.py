@@ -228,8 +228,7 @@ class ScaledSubject(RunSubject):
         alpha = float(alpha)
         if not (alpha == alpha and abs(alpha) < 1e6):
             raise RobustfeatError(f"an adapter scale must be a finite number, got {alpha!r}")
-        method = ADAPTERS.get(self.method)
-        if not method.scale_identity and method.name != "full":
+        if not ADAPTERS.get(self.method).scalable():
             raise RobustfeatError(f"'{self.path}' was fine-tuned with {self.method}, which has no fine-tuning update "
                                   "to scale (scale curves are for the adapter methods and full fine-tuning)")
         self.alpha = alpha

@@ -12,10 +12,11 @@ from typing import Any
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.sweep.backends import get_backend, pending
-from robustfeat.sweep.grid import TrialSpec, Grid, GridError, check_evaluations, code_version, parse_grid, read_grid
+from robustfeat.sweep.grid import (EVALUATION_CODE, TRAINING_CODE, Grid, GridError, TrialSpec, check_evaluations,
+                                   code_version, parse_grid, read_grid)
 from robustfeat.sweep.run import DONE, finished, run_trial, trial_dir
 
-__all__ = ["TrialSpec", "Grid", "GridError", "code_version", "parse_grid", "read_grid", "run_trial", "sweep"]
+__all__ = ["TrialSpec", "Grid", "GridError", "code_version", "TRAINING_CODE", "EVALUATION_CODE", "parse_grid", "read_grid", "run_trial", "sweep"]
 
 
 def sweep(grid: str | os.PathLike | Grid, out: str | os.PathLike, backend: str = "local", address: str | None = None,

@@ -1,7 +1,11 @@
 """Sweep grids: a YAML file naming models, datasets, methods, seeds and hyperparameter
 lists, expanded into trials. Each trial is one fine-tune followed by its evaluation, keyed by
-a content hash of its full configuration and the code version, so a rerun skips finished
-trials and changing one field reruns only the trials it touches.
+what it computes: its training configuration and the version of the training code (the
+fine-tune's key, which names its checkpoint), its evaluation settings and the version of the
+evaluation code and banks. A code version is a digest of the syntax of the modules that do
+that computation, docstrings and comments left out, so a rerun after a change elsewhere
+(the report, the CLI, the docs) reuses every finished trial, while a change to how a model
+is trained or evaluated reruns what it touches.
 
     models: [minilm-l6]
     datasets: [rotten-tomatoes]
@@ -11,6 +15,8 @@ trials and changing one field reruns only the trials it touches.
       lr: [0.001, 0.003]
     train: {max_examples: 2000}   # fixed TrainConfig fields for every trial
     evaluate: {quick: true, shifts: [clean, ood, cka, weights]}
+                               # also: sizes: {ood: {examples: 500}} (sizes other than the bank's),
+                               # scales: [0, 0.5, 1] (each checkpoint with its update scaled)
     resources: {cpus: 1, gpus: 0}  # per trial, for the ray backend (fractional GPUs allowed);
                                    # threads: torch threads per trial (same number, same bytes)
 """
@@ -30,7 +36,7 @@ from robustfeat.errors import RobustfeatError
 
 KEYS = {"models", "datasets", "methods", "seeds", "hyperparameters", "train", "evaluate", "resources"}
 #: the run-wide keys of a grid's ``evaluate:``; each evaluation's own options are added from their declarations
-RUN_EVALUATE_KEYS = {"quick", "shifts", "bank", "seed", "batch_size"}
+RUN_EVALUATE_KEYS = {"quick", "shifts", "bank", "seed", "batch_size", "scales", "sizes"}
 
 
 def evaluate_keys() -> set[str]:
@@ -49,13 +55,21 @@ class TrialSpec:
     """One trial: the training configuration and how to evaluate it."""
 
     train: dict[str, Any]
-    evaluate: dict[str, Any]
+    evaluate: dict[str, Any] | None  # None: fine-tune only (a study's tuning trials)
     varied: dict[str, Any] = field(default_factory=dict)  # the hyperparameters this trial sets
 
     @property
+    def train_key(self) -> str:
+        """What the fine-tune computes: its configuration and the training code's version
+        (trials that train alike share one checkpoint)."""
+        return _digest({"train": self.train, "code": code_version(TRAINING_CODE)})
+
+    @property
     def key(self) -> str:
-        payload = json.dumps({"train": self.train, "evaluate": self.evaluate, "code": code_version()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """What the trial computes: its fine-tune, and its evaluation settings with the
+        evaluation code's version (``evaluate`` None: a fine-tune only)."""
+        bank = None if self.evaluate is None else code_version(EVALUATION_CODE)
+        return _digest({"train": self.train_key, "evaluate": self.evaluate, "code": bank})
 
     @property
     def label(self) -> str:
@@ -76,17 +90,56 @@ class Grid:
     source: str
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version and a hash of its Python sources: a trial computed by other code
-    is not reused."""
+#: the modules whose code decides what a fine-tune computes (the folders and files of the package)
+TRAINING_CODE = ("train", "adapters", "models", "data")
+#: ... and what an evaluation computes (banks, evaluations, corruptions, metrics, the cells' store)
+EVALUATION_CODE = ("evaluations", "shifts", "metrics", "results.py")
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def package_root() -> Path:
     import robustfeat
 
-    root = Path(robustfeat.__file__).resolve().parent
+    return Path(robustfeat.__file__).resolve().parent
+
+
+def code_version(parts: tuple[str, ...], root: Path | None = None) -> str:
+    """A digest of the code of ``parts`` (folders or files of the package): each module's
+    syntax tree with its docstrings dropped, so comments, docstrings and formatting do not
+    count and everything else does. Data files beside the code (e.g. the OOD pairs' YAML)
+    count byte for byte."""
+    return _code_version(tuple(parts), root or package_root())
+
+
+@functools.lru_cache(maxsize=16)
+def _code_version(parts: tuple[str, ...], root: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return f"{robustfeat.__version__}+{h.hexdigest()[:12]}"
+    for part in parts:
+        base = root / part
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for p in files:
+            if "__pycache__" in p.parts or p.suffix == ".pyc":
+                continue
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(_module_code(p) if p.suffix == ".py" else p.read_bytes())
+            h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def _module_code(path: Path) -> bytes:
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False).encode()
 
 
 def _list(doc: dict, key: str, kind: type | tuple[type, ...], required: bool = True) -> list:
@@ -180,13 +233,24 @@ def check_evaluations(grid: Grid) -> None:
     seen = set()
     for spec in grid.trials:
         t = spec.train
+        if spec.evaluate is None:
+            continue
         key = (t["model"], t["data"], t["method"], json.dumps(spec.evaluate, sort_keys=True))
         if key in seen:
             continue
         seen.add(key)
         opts = dict(spec.evaluate)
         shifts = opts.pop("shifts", None)
+        scales = opts.pop("scales", None)  # a planned subject has no update yet: the scales are checked here
         try:
+            if scales is not None and (not isinstance(scales, list) or not scales or any(
+                    isinstance(a, bool) or not isinstance(a, (int, float)) or a != a for a in scales)):
+                raise RobustfeatError(f"scales must be a list of numbers, e.g. [0, 0.5, 1]; got {scales!r}")
+            from robustfeat.registry import ADAPTERS
+
+            if scales is not None and not ADAPTERS.get(t["method"]).scalable():
+                raise RobustfeatError(f"method '{t['method']}' has no fine-tuning update to scale (scales are "
+                                      f"for {', '.join(n for n, m in ADAPTERS.items() if m.scalable())})")
             plan([PlannedSubject(TrainConfig.from_dict(t))], None, shifts=list(shifts) if shifts else None,
                  progress=False, **opts)
         except RobustfeatError as e:

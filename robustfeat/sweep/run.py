@@ -1,6 +1,8 @@
-"""Running sweep trials: one trial is a fine-tune then its evaluation, in the trial's own
-folder ``OUT/trials/KEY/``; ``done.json`` is written last and atomically, so a trial is
-either finished or will be (re)done, and a rerun of the sweep skips finished trials."""
+"""Running sweep trials: one trial is a fine-tune then its evaluation. The fine-tune's
+checkpoint is ``OUT/checkpoints/TRAIN_KEY/`` (trials that train alike share it); the
+trial's own folder ``OUT/trials/KEY/`` holds its results and ``done.json``, written last and
+atomically, so a trial is either finished or will be (re)done, and a rerun skips finished
+trials."""
 
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 def trial_dir(out: str | os.PathLike, spec: TrialSpec) -> Path:
     return Path(out) / "trials" / spec.key
+
+
+def checkpoint_dir(out: str | os.PathLike, spec: TrialSpec) -> Path:
+    return Path(out) / "checkpoints" / spec.train_key
 
 
 def finished(out: str | os.PathLike, spec: TrialSpec) -> dict | None:
@@ -59,19 +65,23 @@ def _run(spec: TrialSpec, out: str | os.PathLike) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = trial_dir(out, spec)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(root / "trial.json", {"key": spec.key, "name": spec.name, "label": spec.label, "train": spec.train,
+    _write_json(root / "trial.json", {"key": spec.key, "train_key": spec.train_key, "name": spec.name,
+                                     "label": spec.label, "train": spec.train,
                                      "evaluate": spec.evaluate, "varied": spec.varied})
-    ckpt, results = root / "checkpoint", root / "results"
+    ckpt, results = checkpoint_dir(out, spec), root / "results"
     from robustfeat.train.record import RUN_FILE, RunRecord
 
     config = TrainConfig.from_dict(spec.train)
-    # a finished checkpoint of this trial returns at once (tidied of what a kill may have left)
+    # a finished checkpoint of this fine-tune returns at once (tidied of what a kill may have left)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     finetune(config, ckpt, overwrite=(ckpt / RUN_FILE).is_file() and not RunRecord.finished(ckpt, config),
              progress=False)
-    opts = dict(spec.evaluate)
-    shifts = opts.pop("shifts", None)
-    evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False, **opts)
-    info = {"key": spec.key, "name": spec.name, "label": spec.label, "results": str(results),
+    if spec.evaluate is not None:
+        opts = dict(spec.evaluate)
+        shifts = opts.pop("shifts", None)
+        evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False, **opts)
+    info = {"key": spec.key, "name": spec.name, "label": spec.label,
+            "results": str(results) if spec.evaluate is not None else None,
             "checkpoint": str(ckpt), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
     _write_json(root / DONE, info)
     return info

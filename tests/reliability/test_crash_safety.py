@@ -299,9 +299,11 @@ def reference(tmp_path_factory):
     grid = root / "grid.yaml"
     grid.write_text(yaml.safe_dump(GRID))
     t_sweep, _ = _run(["sweep", grid, "--out", root / "sweep", "--no-progress", "--no-report"], cache)
-    trials = {json.loads(p.read_text())["label"]: p.parent.name for p in (root / "sweep").glob("trials/*/trial.json")}
+    specs = [json.loads(p.read_text()) for p in (root / "sweep").glob("trials/*/trial.json")]
+    trials = {t["label"]: t["key"] for t in specs}
     assert sorted(trials) == ["lora", "vefa"]
     return {"root": root, "cache": cache, "sets": sets, "trials": [trials["lora"], trials["vefa"]],
+            "checkpoints": {t["key"]: f"checkpoints/{t['train_key']}" for t in specs},
             "times": {"finetune": t_train, "evaluate": t_eval, "sweep": t_sweep}}
 
 
@@ -425,11 +427,11 @@ def test_evaluate_survives_sigkills(reference, rng, tmp_path):
 
 # --- sweep -----------------------------------------------------------------------------------------
 
-def sweep_kills(rng, duration: float, first: str, second: str) -> list[Kill]:
+def sweep_kills(rng, duration: float, first: str, second: str, first_checkpoint: str) -> list[Kill]:
     k = int(rng.choice(np.arange(3, TRIAL_STEPS, 3)))
     c = int(rng.integers(1, 8))
     t1, t2 = f"trials/{first}", f"trials/{second}"
-    return [Kill(f"trial 1 training state at step >= {k}", lambda out, _: (_step(out / t1 / "checkpoint") or 0) >= k),
+    return [Kill(f"trial 1 training state at step >= {k}", lambda out, _: (_step(out / first_checkpoint) or 0) >= k),
             Kill(f"trial 1 cell {c} written", lambda out, _: len(list(out.glob(f"{t1}/results/cells/*/*/*.json"))) >= c,
                  cold=True),
             Kill("trial 1 done", lambda out, _: (out / t1 / "done.json").exists()),
@@ -437,11 +439,11 @@ def sweep_kills(rng, duration: float, first: str, second: str) -> list[Kill]:
             Kill("random moment", float(rng.uniform(0.2, 0.9) * duration))]
 
 
-def _inspect_sweep(out: Path, cache, keys: list[str]) -> dict:
+def _inspect_sweep(out: Path, cache, keys: list[str], checkpoints: dict[str, str]) -> dict:
     trials, what = {}, []
     for i, key in enumerate(keys, 1):
         d = out / "trials" / key
-        ckpt = d / "checkpoint"
+        ckpt = out / checkpoints[key]
         t = {"done": _stamp(d / "done.json") if (d / "done.json").exists() else None,
              "record": _stamp(ckpt / "robustfeat.json") if (ckpt / "robustfeat.json").exists() else None,
              "step": _step(ckpt), "cells": _cells(d / "results")}
@@ -458,11 +460,11 @@ def _inspect_sweep(out: Path, cache, keys: list[str]) -> dict:
 
 
 def test_sweep_survives_sigkills(reference, rng, tmp_path):
-    root, keys = reference["root"], reference["trials"]
+    root, keys, ckpts = reference["root"], reference["trials"], reference["checkpoints"]
     ref = root / "sweep"
-    kills = sweep_kills(rng, reference["times"]["sweep"], *keys)
+    kills = sweep_kills(rng, reference["times"]["sweep"], *keys, ckpts[keys[0]])
     outcomes = _kill_all(kills, lambda out: ["sweep", root / "grid.yaml", "--out", out, "--no-progress", "--no-report"],
-                         lambda out, c: _inspect_sweep(out, c, keys), tmp_path, reference["cache"])
+                         lambda out, c: _inspect_sweep(out, c, keys, ckpts), tmp_path, reference["cache"])
     assert _listing(ref / "trials") and len(keys) == 2
     for o in outcomes:
         where, out = o.line(), o.out
@@ -473,7 +475,7 @@ def test_sweep_survives_sigkills(reference, rng, tmp_path):
             d, r, t = out / "trials" / key, ref / "trials" / key, o.left["trials"][key]
             if t["done"]:  # a finished trial is kept as it is
                 assert _stamp(d / "done.json") == t["done"], where
-            ckpt = d / "checkpoint"
+            ckpt = out / ckpts[key]
             if t["record"]:
                 assert _stamp(ckpt / "robustfeat.json") == t["record"], where
             elif t["step"] is not None:  # resumed from the trial's training state
@@ -482,7 +484,7 @@ def test_sweep_survives_sigkills(reference, rng, tmp_path):
                 assert json.loads((ckpt / "robustfeat.json").read_text())["resumed_from_step"] == 0, where
             _check_cells_kept(o, d / "results", t["cells"])
             assert (d / "trial.json").read_bytes() == (r / "trial.json").read_bytes(), where
-            _check_checkpoint(ckpt, r / "checkpoint", (where, key))
+            _check_checkpoint(ckpt, ref / ckpts[key], (where, key))
             _check_results(d / "results", r / "results", out, ref, where)
 
             def marker(p: Path, base: Path) -> dict:
@@ -497,7 +499,7 @@ def test_sweep_survives_sigkills(reference, rng, tmp_path):
 def test_the_kill_points_add_up():
     rng = np.random.default_rng(0)
     plans = {"finetune": finetune_kills(rng, 10.0), "evaluate": evaluate_kills(rng, 10.0, 14, 6),
-             "sweep": sweep_kills(rng, 10.0, "a", "b")}
+             "sweep": sweep_kills(rng, 10.0, "a", "b", "checkpoints/c")}
     assert {k: len(v) for k, v in plans.items()} == KILLS and sum(KILLS.values()) >= 21
     events = sum(callable(k.when) for v in plans.values() for k in v)
     assert events >= 18 and sum(k.cold for v in plans.values() for k in v) >= 5

@@ -1,4 +1,4 @@
-"""Studies: a declared set of fine-tunes and evaluations ending in one report.
+"""The quickstart: a declared set of fine-tunes and evaluations ending in one report.
 ``robustfeat quickstart`` runs the shipped one (``QUICKSTART``) on real models and data:
 all-MiniLM-L6-v2 on Rotten Tomatoes (OOD: VADER's Amazon, NYT and tweets) and
 EfficientNet-Lite0 on Fashion-MNIST (corruptions), each with LoRA, LoRFA and VeFA next to

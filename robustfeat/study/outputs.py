@@ -1,0 +1,204 @@
+"""What a study leaves for its readers, written from the stages' results (nothing here
+trains or evaluates): ``verdicts.csv``, ``summary.csv`` (per family, arm and headline: the
+mean over seeds with its 95% interval and the paired difference to lora), ``matched_gain.csv``,
+the scale-curve figures, ``README.md`` (a section per family) and the report
+(``study.html``, ``study.pdf``) with the verdicts on top."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustfeat.metrics.intervals import paired_difference
+from robustfeat.report.summary import headline_table, headlines, load_results, per_seed
+from robustfeat.study.spec import FamilySpec, StudySpec
+
+SUMMARY_COLUMNS = ["family", "study_family", "model", "data", "method", "lr", "trainable_parameters", "seeds",
+                   "metric", "label", "higher_is_better", "mean", "ci_low", "ci_high",
+                   "diff_vs_lora", "diff_low", "diff_high", "diff_seeds"]
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _signed(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3g}"
+
+
+def family_frame(root: Path, info: dict[str, Any]) -> pd.DataFrame:
+    dirs = {str(root / rel): arm for rel, arm in info.get("results", {}).items()}
+    return load_results(list(dirs), labels=dirs).frame
+
+
+def summary_rows(fam: FamilySpec, info: dict[str, Any], frame: pd.DataFrame) -> list[dict]:
+    """Per arm and headline: the mean over seeds with its 95% interval, and the paired
+    difference to lora over the seeds both have."""
+    table = headline_table(frame)
+    ps = per_seed(frame)
+    ref = ps[ps.method == "lora"].set_index("seed")
+    rows = []
+    for _, r in table.iterrows():
+        mine = ps[ps.method == r["method"]].set_index("seed")
+        for h in headlines():
+            if h.key not in table or pd.isna(r.get(h.key)):
+                continue
+            d = paired_difference(mine[h.key].to_dict(), ref[h.key].to_dict(), h.bounds) \
+                if r["method"] != "lora" and h.key in ref else None
+            rows.append({"family": info.get("family", ""), "study_family": fam.name, "model": fam.model,
+                         "data": fam.data, "method": r["method"],
+                         "lr": info["choices"].get(r["method"], {}).get("chosen"),
+                         "trainable_parameters": info.get("trainable", {}).get(r["method"]),
+                         "seeds": int(r["seeds"]), "metric": h.key, "label": h.label,
+                         "higher_is_better": h.higher_is_better, "mean": r[h.key],
+                         "ci_low": r.get(f"{h.key}_lo"), "ci_high": r.get(f"{h.key}_hi"),
+                         "diff_vs_lora": d.mean if d else math.nan, "diff_low": d.low if d else math.nan,
+                         "diff_high": d.high if d else math.nan, "diff_seeds": d.n if d else 0})
+    return rows
+
+
+def _table_md(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _family_md(fam: FamilySpec, info: dict[str, Any], verdicts: pd.DataFrame, summary: pd.DataFrame,
+               gain: float, matched: pd.DataFrame, figure: str | None) -> str:
+    lines = [f"## {fam.name}: {fam.model} on {fam.data} ({info.get('family', '')})", ""]
+    seeds = ", ".join(map(str, fam.seeds))
+    lines += [f"Arms: {', '.join(a.name for a in fam.arms)}; seeds {seeds}; every verdict is paired by seed "
+              "against `lora`, Holm-corrected over all tests of this family.", ""]
+    if not verdicts.empty:
+        lines += ["### Verdicts", ""]
+        rows = []
+        for _, v in verdicts.iterrows():
+            margin = f"±{_fmt(v['margin'], 3)}" if not pd.isna(v["margin"]) else ""
+            tost = (f"[{_signed(v['tost90_low'])}, {_signed(v['tost90_high'])}] {margin}"
+                    if not pd.isna(v["tost90_low"]) else "")
+            rows.append([v["claim"], v["method"], v["label"], f"{_signed(v['mean'])} [{_signed(v['ci95_low'])}, "
+                         f"{_signed(v['ci95_high'])}]", tost, _fmt(v["p"], 2), _fmt(v["p_holm"], 2),
+                         f"**{v['verdict']}**"])
+        lines += [_table_md(["claim", "method", "metric", "difference vs lora [95% CI]", "TOST 90% CI, margin",
+                             "p", "Holm p", "verdict"], rows), ""]
+        lines += ["Verdict sentences:", ""] + [f"- {s}" for s in verdicts["sentence"]] + [""]
+    lines += ["### Learning rates, chosen on validation data", "",
+              f"Each arm was fine-tuned at every rate of its grid on seed {fam.tuning_seed}; the rate with the best "
+              "validation score (the fine-tuning data's validation split, never a test or shift result) was kept "
+              "for all seeds.", ""]
+    rows = []
+    for arm in fam.arms:
+        c = info["choices"][arm.name]
+        scores = ", ".join(f"{lr}: {_fmt(v)}" for lr, v in c["scores"].items())
+        rows.append([arm.name, c["metric"] + (" (higher is better)" if c["higher_is_better"] else " (lower is better)"),
+                     scores, f"{c['chosen']:g}", str(info.get("trainable", {}).get(arm.name, "-"))])
+    lines += [_table_md(["arm", "validation metric", "candidates (lr: score)", "chosen lr", "trainable parameters"],
+                        rows), ""]
+    if info.get("matched_ranks"):
+        lines += ["Budget-matched LoRA: " + ", ".join(f"{k} uses rank {v}" for k, v in info["matched_ranks"].items())
+                  + " (the rank whose adapter parameter count is closest to vefa's).", ""]
+    if not summary.empty:
+        lines += ["### Every headline (mean over seeds, 95% t-interval; paired difference to lora)", ""]
+        rows = [[r["method"], r["label"], f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
+                 str(r["seeds"]), "" if r["method"] == "lora" else
+                 f"{_signed(r['diff_vs_lora'])} [{_signed(r['diff_low'])}, {_signed(r['diff_high'])}]"]
+                for _, r in summary.iterrows()]
+        lines += [_table_md(["method", "metric", "mean [95% CI]", "seeds", "minus lora [95% CI]"], rows), ""]
+    if figure:
+        lines += ["### Adapter-scale curves", "", f"![scale curves of {fam.name}]({figure})", "",
+                  f"Each scalable arm's seed checkpoints evaluated with the update scaled by alpha in "
+                  f"{{{', '.join(f'{a:g}' for a in fam.alphas)}}} (0 = the base with the trained head, 1 = as trained; "
+                  "VeFA: lam -> 1 + alpha (lam - 1); full: theta0 + alpha (theta - theta0)), on "
+                  f"{', '.join(fam.scale_evaluate.get('shifts') or ['the bank'])}.", ""]
+    if not matched.empty:
+        lines += [f"Matched-gain reading: forgetting at the in-domain gain {gain:.4g} over the base (the smallest "
+                  "of the arms' mean gains at alpha 1, so every arm reaches it), interpolated along each seed's curve:",
+                  ""]
+        rows = [[r["arm"], r["label"], f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
+                 str(r["seeds"]), "" if r["arm"] == "lora" else
+                 f"{_signed(r['diff_vs_lora'])} [{_signed(r['diff_low'])}, {_signed(r['diff_high'])}]"]
+                for _, r in matched.iterrows()]
+        lines += [_table_md(["arm", "forgetting metric", "at matched gain [95% CI]", "seeds", "minus lora [95% CI]"],
+                            rows), ""]
+    st = info.get("stages", {})
+    if st:
+        lines += ["Machine time (the seconds each trial took when it ran, summed): " + "; ".join(
+            f"{k} {v['machine_s'] / 60:.1f} min over {v['trials']} trials" for k, v in st.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+CANNOT_SAY = """## What this study cannot say
+
+- The models are small (MiniLM-L6, EfficientNet-Lite0, SmolLM2-135M in a 4-bit GGUF build) and run on a
+  2-core CPU: data, test sets and banks are subsampled to fit (sizes in the study file). The paper's
+  claim is about CLIP, larger NLU models and GPT-2; a verdict here is evidence at this scale only.
+- LoRFA and VeFA are reconstructed from the paper's abstracts (its body and code could not be read):
+  the layer choice, initialisation and any schedule of the original may differ.
+- Learning rates were tuned on one seed over a grid of three rates spanning 10x around each method's
+  default; a finer or wider search could move a method's in-domain score.
+- *inconclusive* means the intervals could not separate the methods at this many seeds and examples; it
+  is not evidence of equality (the equivalence claim is tested separately, with its margin).
+"""
+
+
+def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: str | None = None,
+                  pdf: bool = True) -> dict[str, Any]:
+    """Write every output of the families whose seeds stage finished; returns their paths."""
+    from robustfeat.report import build_report
+    from robustfeat.report.verdicts import verdict_table
+    from robustfeat.study.curves import matched_gain, plot_curves, scale_table
+
+    sections, summaries, verdict_frames, gains, result_dirs, labels = [], [], [], [], [], {}
+    margins: dict[str, float] = {}
+    for fam in spec.families:
+        info = record.get("families", {}).get(fam.name)
+        if not info or not info.get("results"):
+            continue
+        frame = family_frame(root, info)
+        v = verdict_table(frame, margins=fam.margins)
+        s = pd.DataFrame(summary_rows(fam, info, frame), columns=SUMMARY_COLUMNS)
+        figure, gain, matched = None, math.nan, pd.DataFrame()
+        if info.get("scale_results"):
+            table = scale_table({str(root / rel): arm for rel, arm in info["scale_results"].items()})
+            table.to_csv(root / f"{fam.name}-scale.csv", index=False, float_format="%.6g")
+            figure = f"figures/{fam.name}-scale.png"
+            plot_curves(table, root / figure, f"{fam.name}: {fam.model} on {fam.data}")
+            gain, matched = matched_gain(table)
+            if not matched.empty:
+                gains.append(matched.assign(study_family=fam.name))
+        sections.append(_family_md(fam, info, v, s, gain, matched, figure))
+        summaries.append(s)
+        verdict_frames.append(v.assign(study_family=fam.name))
+        margins.update(fam.margins)
+        for rel, arm in info["results"].items():
+            result_dirs.append(str(root / rel))
+            labels[str(root / rel)] = arm
+    out: dict[str, Any] = {}
+    if not sections:
+        return out
+    pd.concat(summaries, ignore_index=True).to_csv(root / "summary.csv", index=False, float_format="%.6g")
+    pd.concat(verdict_frames, ignore_index=True).to_csv(root / "verdicts.csv", index=False, float_format="%.6g")
+    if gains:
+        pd.concat(gains, ignore_index=True).to_csv(root / "matched_gain.csv", index=False, float_format="%.6g")
+    src = Path(spec.source)
+    if src.is_file() and src.resolve() != (root / src.name).resolve():
+        shutil.copyfile(src, root / src.name)
+    cmd = command or f"robustfeat study {src.name} --out {root.name}"
+    head = ["# robustfeat study: does feature-space adaptation forget less?", "",
+            "The claim under test (arXiv 2510.19155): LoRFA and VeFA reach in-domain accuracy comparable to LoRA "
+            "while being more robust under distribution shift and forgetting less. Each family below gives one "
+            "verdict per claim and method: *supported*, *contradicted* or *inconclusive*, with the numbers behind "
+            "it.", "", f"Made by: `{cmd}` (study file: `{src.name}`, copied here). The report with every table: "
+            "`study.html` / `study.pdf`; tidy numbers: `summary.csv`, `verdicts.csv`, `matched_gain.csv`.", ""]
+    (root / "README.md").write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n\n" + CANNOT_SAY)
+    title = "robustfeat study: " + "; ".join(f"{f.model} on {f.data}" for f in spec.families
+                                             if record.get("families", {}).get(f.name, {}).get("results"))
+    out["report_html"] = build_report(result_dirs, root / "study.html", labels=labels, title=title, margins=margins)
+    if pdf:
+        out["report_pdf"] = build_report(result_dirs, root / "study.pdf", labels=labels, title=title, margins=margins)
+    out["readme"] = root / "README.md"
+    return out
