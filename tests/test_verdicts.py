@@ -89,6 +89,9 @@ def test_tost_p_values_and_intervals_by_hand():
     # wholly outside the band: the 95% interval is above it
     far = tost([0.10, 0.11, 0.09, 0.10], -0.02, 0.02)
     assert far.outside() == 1 and far.p > 0.99 and tost([-x for x in (0.10, 0.11, 0.09)], -0.02, 0.02).outside() == -1
+    # "wholly outside" is the 95% interval's: a band (-0.02, -0.005) lies below the 90% interval [-0.0039, 0.0119]
+    # but inside the 95% one [-0.0066, 0.0146], so it is not outside
+    assert MEAN - half95 < -0.005 < MEAN - half90 and tost(D, -0.02, -0.005).outside() == 0
     one = tost([0.001], -0.02, 0.02)
     assert math.isnan(one.p) and one.n == 1 and not one.equivalent() and one.outside() == 0
 
