@@ -34,14 +34,15 @@ class Interval:
         return bool(np.isfinite(self.low) and np.isfinite(self.high) and (self.low > value or self.high < value))
 
 
-def t_half_width(values: Sequence[float]) -> float:
-    """Half-width of the 95% t-interval of the mean (NaN below two values)."""
+def t_half_width(values: Sequence[float], level: float = 0.95) -> float:
+    """Half-width of the two-sided ``level`` t-interval of the mean (95% unless told; NaN
+    below two values)."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         return math.nan
     from scipy import stats
 
-    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def clip(low: float, high: float, bounds: tuple[float, float]) -> tuple[float, float, bool]:
@@ -50,16 +51,18 @@ def clip(low: float, high: float, bounds: tuple[float, float]) -> tuple[float, f
     return lo, hi, bool(lo != low or hi != high)
 
 
-def over_seeds(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
-    """The mean of one value per seed with its 95% t-interval (n - 1 degrees of freedom for
-    n seeds), clipped to ``bounds``. One seed: the mean only (no interval)."""
+def over_seeds(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf),
+               level: float = 0.95) -> Interval:
+    """The mean of one value per seed with its t-interval (95% unless ``level`` says
+    otherwise; n - 1 degrees of freedom for n seeds), clipped to ``bounds``. One seed: the
+    mean only (no interval)."""
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
     if len(v) == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
     m = float(v.mean())
     if len(v) == 1:
         return Interval(m, math.nan, math.nan, 1)
-    half = t_half_width(v)
+    half = t_half_width(v, level)
     lo, hi, cut = clip(m - half, m + half, bounds)
     return Interval(m, lo, hi, len(v), cut)
 

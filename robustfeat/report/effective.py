@@ -49,20 +49,35 @@ def lines(points: pd.DataFrame) -> dict[tuple[str, str, str], tuple[float, float
     return out
 
 
-def effective_robustness_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, data, method, set): effective robustness averaged over seeds with its 95%
-    interval over seeds (no interval for one seed), and how the line was made."""
+def effective_robustness_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, data, method, set, seed): effective robustness against the reference
+    line of its (model, data, set), averaged over that seed's checkpoints, and the line."""
     pts = ood_points(frame)
     rows = []
     for (model, data, set_), line in lines(pts).items():
         part = pts[(pts.model == model) & (pts.data == data) & (pts.set == set_)]
         for method, m in part.groupby("method", sort=True):
-            per_seed = m.assign(er=[effective_robustness(i, o, line[:2]) for i, o in zip(m.id_acc, m.ood_acc)])
-            vals = np.round(per_seed.groupby("seed").er.mean().to_numpy(float), 12)  # no 1e-16 noise on the line
-            iv = over_seeds(vals, (-1.0, 1.0))
-            rows.append({"model": model, "data": data, "method": method, "set": set_, "effective_robustness": iv.mean,
-                         "lo": iv.low, "hi": iv.high, "seeds": iv.n, "line": line[2], "slope": line[0],
-                         "intercept": line[1]})
+            er = m.assign(er=[effective_robustness(i, o, line[:2]) for i, o in zip(m.id_acc, m.ood_acc)])
+            by_seed = er.groupby("seed", sort=True).er.mean()
+            for seed, value in by_seed.items():
+                rows.append({"model": model, "data": data, "method": method, "set": set_, "seed": seed,
+                             "effective_robustness": round(float(value), 12),  # no 1e-16 noise on the line
+                             "line": line[2], "slope": line[0], "intercept": line[1]})
+    return pd.DataFrame(rows, columns=["model", "data", "method", "set", "seed", "effective_robustness", "line",
+                                       "slope", "intercept"])
+
+
+def effective_robustness_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, data, method, set): effective robustness averaged over seeds with its 95%
+    interval over seeds (no interval for one seed), and how the line was made."""
+    rows = []
+    per_seed = effective_robustness_per_seed(frame)
+    for (model, data, set_, method), part in per_seed.groupby(["model", "data", "set", "method"], sort=True):
+        iv = over_seeds(part.effective_robustness.to_numpy(float), (-1.0, 1.0))
+        first = part.iloc[0]
+        rows.append({"model": model, "data": data, "method": method, "set": set_, "effective_robustness": iv.mean,
+                     "lo": iv.low, "hi": iv.high, "seeds": iv.n, "line": first.line, "slope": first.slope,
+                     "intercept": first.intercept})
     return pd.DataFrame(rows, columns=["model", "data", "method", "set", "effective_robustness", "lo", "hi", "seeds",
                                        "line", "slope", "intercept"])
 
@@ -73,4 +88,5 @@ def line_curve(line: tuple[float, float, str], xs: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(slope * np.log(xs / (1 - xs)) + intercept)))
 
 
-__all__ = ["REFERENCE_METHODS", "effective_robustness_table", "is_reference", "line_curve", "lines", "ood_points"]
+__all__ = ["REFERENCE_METHODS", "effective_robustness_per_seed", "effective_robustness_table", "is_reference",
+           "line_curve", "lines", "ood_points"]

@@ -16,6 +16,7 @@ import pandas as pd
 
 from robustfeat.errors import RobustfeatError
 from robustfeat.report.conclusions import conclusions
+from robustfeat.report.verdicts import format_p, verdicts
 from robustfeat.report.plots import PLOTS, available, feeders
 from robustfeat.report.summary import (
     Results,
@@ -121,6 +122,34 @@ def conclusions_context(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
+def verdicts_context(frame: pd.DataFrame, margins: dict[str, float] | None = None) -> list[dict]:
+    """The claims' verdicts per (model, data) with a ``lora`` row: a table and a sentence each."""
+    out = []
+    for sec in verdicts(frame, margins):
+        if not sec.verdicts:
+            continue
+        title = f"{sec.model} on {sec.data}"
+        if all(v.reason for v in sec.verdicts):
+            out.append({"title": title, "rows": [], "sentences": [],
+                        "lead": f"No claim could be tested: no method shares two or more seeds with {sec.against}, "
+                                "so every verdict is inconclusive."})
+            continue
+        rows = []
+        for v in sec.verdicts:
+            label = v.headline.label + (" (relative)" if v.relative else "")
+            arrow = "↑" if v.headline.higher_is_better else "↓"
+            d = v.difference
+            diff = "-" if math.isnan(d.mean) else v.number(d.mean)
+            tost = f"{v.interval_text(v.tost90)} / {v.margin_text}" if v.margin is not None else ""
+            rows.append({"claim": v.claim_text, "method": v.method, "metric": f"{label} {arrow}", "n": v.n,
+                         "difference": diff, "ci": v.interval_text(d) if d.n >= 2 else "", "tost": tost,
+                         "p": format_p(v.p), "p_holm": format_p(v.p_holm), "verdict": v.verdict,
+                         "direction": v.direction if v.verdict == "contradicted" else ""})
+        out.append({"title": title, "lead": sec.lead(), "rows": rows,
+                    "sentences": [v.sentence() for v in sec.verdicts]})
+    return out
+
+
 def effective_context(frame: pd.DataFrame) -> list[dict]:
     """Effective robustness per (model, data, OOD set, method), with the kind of line used."""
     from robustfeat.report.effective import effective_robustness_table
@@ -203,7 +232,9 @@ def provenance_context(results: Results) -> list[dict]:
     return folders
 
 
-def render_html(results: Results, title: str | None = None) -> str:
+def render_html(results: Results, title: str | None = None, margins: dict[str, float] | None = None) -> str:
+    """The report as one HTML page. ``margins``: the in-domain equivalence margins by
+    headline key (see :data:`robustfeat.report.verdicts.DEFAULT_MARGINS`)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from robustfeat import __version__
@@ -221,7 +252,8 @@ def render_html(results: Results, title: str | None = None) -> str:
     return env.get_template("report.html.j2").render(
         title=title or default_title, generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__, folders=provenance_context(results), n_checkpoints=len(results.checkpoints),
-        summary=summary_context(frame), conclusions=conclusions_context(frame), effective=effective_context(frame),
+        summary=summary_context(frame), verdicts=verdicts_context(frame, margins),
+        conclusions=conclusions_context(frame), effective=effective_context(frame),
         howto=howto_context(frame, reference_text), figures=figures, skipped=skipped, cells=cells_context(frame),
         cell_headers=CELL_HEADERS, script=SORT_SCRIPT, script_hash=script_hash)
 
@@ -236,9 +268,10 @@ def write_pdf(html: str, path: Path) -> None:
 
 
 def build_report(results_dirs, out: str | os.PathLike, format: str | None = None, title: str | None = None,
-                 labels: dict[str, str] | None = None) -> Path:
+                 labels: dict[str, str] | None = None, margins: dict[str, float] | None = None) -> Path:
     """Write the report of one or more results folders to ``out`` (``.html`` or ``.pdf``;
-    ``format`` overrides the suffix). The file appears complete or not at all."""
+    ``format`` overrides the suffix). The file appears complete or not at all. ``margins``:
+    the in-domain equivalence margins of the verdicts, by headline key (the study's own)."""
     out = Path(out).expanduser()
     fmt = (format or out.suffix.lstrip(".") or "html").lower()
     if fmt not in FORMATS:
@@ -246,7 +279,7 @@ def build_report(results_dirs, out: str | os.PathLike, format: str | None = None
     if out.is_dir():
         raise RobustfeatError(f"--out '{out}' is a folder; give a file name such as {out / ('report.' + fmt)}")
     results = load_results(results_dirs, labels)
-    html = render_html(results, title)
+    html = render_html(results, title, margins)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
