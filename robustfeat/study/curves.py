@@ -131,6 +131,7 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> Path:
         if x == "alpha":
             ax.axvline(1.0, color="0.6", lw=0.8, ls=":")
         ax.tick_params(labelsize=7)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

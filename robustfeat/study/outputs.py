@@ -30,9 +30,40 @@ def _signed(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3g}"
 
 
+#: the arm whose checkpoint of the same seed normalises corruption errors (mCE, relative mCE)
+REFERENCE_ARM = "linear"
+
+
 def family_frame(root: Path, info: dict[str, Any]) -> pd.DataFrame:
+    """The seeds stage's rows, with the rows that need a reference (mCE, relative mCE, CE per
+    corruption) computed against the ``linear`` checkpoint of the same seed, as ``robustfeat
+    evaluate`` does when both are evaluated together (each trial is evaluated alone)."""
     dirs = {str(root / rel): arm for rel, arm in info.get("results", {}).items()}
-    return load_results(list(dirs), labels=dirs).frame
+    frame = load_results(list(dirs), labels=dirs).frame
+    return with_reference(frame, REFERENCE_ARM)
+
+
+def with_reference(frame: pd.DataFrame, arm: str) -> pd.DataFrame:
+    from robustfeat.results import summary_rows
+
+    refs = {int(s): g for s, g in frame[frame.method == arm].groupby("seed")}
+    if not refs:
+        return frame
+    cell = frame[frame["reference"].fillna("") == ""]
+    added = []
+    for (results_dir, ckpt), own in cell.groupby(["results_dir", "checkpoint"], sort=True):
+        seed = int(own["seed"].iloc[0])
+        ref = refs.get(seed)
+        if ref is None:
+            continue
+        ref_id = str(ref["checkpoint"].iloc[0])
+        ident = own.iloc[0][["results_dir", "checkpoint", "method", "model", "data", "seed"]].to_dict()
+        for r in summary_rows(own.to_dict("records"), ref[ref["reference"].fillna("") == ""].to_dict("records"), ref_id):
+            if r.get("reference"):
+                added.append({**ident, "kind": "", "note": "", **r})
+    if not added:
+        return frame
+    return pd.concat([frame, pd.DataFrame(added)], ignore_index=True)
 
 
 def summary_rows(fam: FamilySpec, info: dict[str, Any], frame: pd.DataFrame) -> list[dict]:

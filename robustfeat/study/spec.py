@@ -41,8 +41,6 @@ REFERENCE_ARM = "lora"
 MATCHED = "lora-matched"
 DEFAULT_FACTORS = (0.3, 1.0, 3.0)
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
-#: default TOST margins, by headline: 2 accuracy points; 5% relative perplexity
-DEFAULT_MARGINS = {"id_acc": 0.02, "id_ppl": 0.05}
 MIN_RATES, MIN_SPAN = 3, 10.0
 
 FAMILY_KEYS = {"model", "data", "methods", "train", "tuning", "seeds", "evaluate", "scale", "margins"}
@@ -211,6 +209,8 @@ def parse_family(name: str, doc: Any, source: str) -> FamilySpec:
     for s in scale_arms:
         if not _scalable(next(a for a in arms if a.name == s)):
             raise StudyError(f"{where}.scale.methods: '{s}' has no fine-tuning update to scale")
+    from robustfeat.report.verdicts import DEFAULT_MARGINS
+
     margins = {**DEFAULT_MARGINS, **_mapping(doc.get("margins"), f"{where}.margins")}
     for k, v in margins.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

@@ -120,7 +120,7 @@ def choose_rates(fam: FamilySpec, trials: list[Trial], records: dict[str, dict])
     from robustfeat.train.record import RunRecord
 
     out: dict[str, dict[str, Any]] = {}
-    for arm in fam.arms:
+    for arm in (a for a in fam.arms if any(t.arm == a.name for t in trials)):
         scores, metric = {}, None
         for t in (t for t in trials if t.arm == arm.name):
             rec = RunRecord.read(records[t.spec.key]["checkpoint"]).raw["validation"]
