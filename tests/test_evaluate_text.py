@@ -94,7 +94,11 @@ def test_user_domain_column_and_worst_domain(tmp_path):
 def test_causal_lm_bank(tmp_path):
     ckpt = _run(tmp_path, "gpt", model="tiny-gpt2", data="news-text", method="lora", lr=0.01)
     frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False)
-    assert set(frame.evaluation) == {"clean", "perplexity", "cka", "weights"}
+    # news-text declares no OOD sets: no ood-perplexity cells
+    assert set(frame.evaluation) == {"clean", "perplexity", "zero-shot", "cka", "weights"}
+    shot = frame[frame.evaluation == "zero-shot"].set_index("metric")
+    assert set(shot["shift"]) == {"vader-tweets"} and shot.loc["accuracy", "n"] == 64
+    assert shot.loc["forgetting", "value"] == pytest.approx(shot.loc["base_accuracy", "value"] - shot.loc["accuracy", "value"])
     base = _v(frame, "perplexity", "news-text", "base_perplexity").value
     tuned = _v(frame, "perplexity", "news-text", "perplexity").value
     assert _v(frame, "perplexity", "news-text", "forgetting").value == pytest.approx(tuned - base)
