@@ -219,14 +219,15 @@ def _concat(tables):
 
 def text_nll(handle, table, batch_size: int) -> dict[str, np.ndarray]:
     """A causal LM's summed next-token NLL of each text and its scored tokens (texts cut at
-    the model's max_length as in training): {"nll": (N,), "tokens": (N,)}, float64."""
-    nll, tokens = [], []
+    the model's max_length as in training): {"nll": (N,), "tokens": (N,)}, float64, in the
+    table's order. Texts are batched longest first, so that batches pad little."""
+    order = np.argsort([-len(str(t)) for t in table["text"]], kind="stable")
+    nll, tokens = np.empty(len(table)), np.empty(len(table))
     for start in range(0, len(table), batch_size):
-        part = table.select(slice(start, start + batch_size))
-        a, b = handle.text_nll(handle.preprocess(part))
-        nll.append(a.double().cpu().numpy())
-        tokens.append(b.double().cpu().numpy())
-    return {"nll": np.concatenate(nll), "tokens": np.concatenate(tokens)}
+        rows = order[start:start + batch_size]
+        a, b = handle.text_nll(handle.preprocess(table.select(rows)))
+        nll[rows], tokens[rows] = a.double().cpu().numpy(), b.double().cpu().numpy()
+    return {"nll": nll, "tokens": tokens}
 
 
 @register_evaluation
