@@ -69,12 +69,14 @@ def _by_hand(model, context: list[int], continuation: list[int]) -> float:
     return float(sum(logp[len(context) - 1 + j, t] for j, t in enumerate(continuation)))
 
 
-@pytest.mark.parametrize("single", [False, True])
-def test_label_log_likelihoods_match_a_plain_torch_computation(single):
+@pytest.mark.parametrize("shared", [0, 6], ids=["own-prefixes", "shared-prefix"])
+@pytest.mark.parametrize("single", [False, True], ids=["multi-token", "one-token"])
+def test_label_log_likelihoods_match_a_plain_torch_computation(single, shared):
     handle = load_model("tiny-gpt2", max_length=64)
     g = torch.Generator().manual_seed(3)
     vocab = len(handle.tokenizer)
-    contexts = [torch.randint(4, vocab, (n,), generator=g).tolist() for n in (5, 12, 1, 9, 7)]
+    head = torch.randint(4, vocab, (shared,), generator=g).tolist()  # what every context begins with
+    contexts = [head + torch.randint(4, vocab, (n,), generator=g).tolist() for n in (5, 12, 1, 9, 7)]
     if single:  # one token per label: scored from one forward of the context alone
         continuations = [[[7], [11], [30]] for _ in contexts]
     else:  # labels of different lengths, and per-example tokens
@@ -83,6 +85,13 @@ def test_label_log_likelihoods_match_a_plain_torch_computation(single):
     want = np.array([[_by_hand(handle.model, c, t) for t in conts] for c, conts in zip(contexts, continuations)])
     assert got.shape == (5, 3)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # the prefix's cache is reused (or not) without changing a number
+    np.testing.assert_allclose(continuation_logprobs(handle, contexts, continuations, 3, share_prefix=False), want,
+                               rtol=0, atol=1e-5)
+    if shared:
+        from robustfeat.evaluations.zero_shot import _common_prefix
+
+        assert _common_prefix(contexts) >= shared
     # the first label token alone, or a target shifted by one, gives other numbers
     first_only = np.array([[_by_hand(handle.model, c, t[:1]) for t in conts] for c, conts in zip(contexts, continuations)])
     assert single or np.abs(got - first_only).max() > 1e-3

@@ -7,7 +7,9 @@ instruction and the text as the user's turn, the assistant's answer begun with
 (`` positive`` / `` negative``). The model's answer is the label whose answer tokens have
 the highest summed log-probability after the prompt (:func:`continuation_logprobs`): no
 text is generated. When every answer is one token, one forward pass per prompt scores them
-all (the prompt's last position); otherwise one pass per prompt and answer.
+all (the prompt's last position); otherwise one pass per prompt and answer. The tokens every
+prompt begins with (the template's system turn and the instruction) are run once per batch
+and their key/value cache shared.
 
 Forgetting is base accuracy - fine-tuned accuracy on the same examples. Intervals (95%):
 Wilson for each accuracy; a paired bootstrap over examples for the difference (the
@@ -92,14 +94,17 @@ def _check_prompt(p: str) -> None:
 # --- scoring ------------------------------------------------------------------------------------
 @torch.no_grad()
 def continuation_logprobs(handle, contexts: list[list[int]], continuations: list[list[list[int]]],
-                          batch_size: int = 64) -> np.ndarray:
+                          batch_size: int = 64, share_prefix: bool = True) -> np.ndarray:
     """(N, K) summed log-probabilities, float64: entry (i, k) is log p(continuations[i][k] |
     contexts[i]) under the causal LM of ``handle``, the sum over the continuation's tokens of
     each token's log-probability given the context and the continuation's earlier tokens.
 
     Sequences are right-padded (a real token never attends to a pad) and sorted by length so
     that batches pad little. When every continuation is one token, a row is the context
-    alone and its last position scores all K; otherwise a row is context + continuation."""
+    alone and its last position scores all K; otherwise a row is context + continuation.
+    With ``share_prefix`` (a transformers model), the tokens every context begins with (a
+    chat template's system turn and the instruction) are run once per batch and their
+    key/value cache is reused by every row."""
     n = len(contexts)
     if n == 0:
         return np.zeros((0, 0))
@@ -109,9 +114,13 @@ def continuation_logprobs(handle, contexts: list[list[int]], continuations: list
     if any(len(c) == 0 for c in contexts) or any(len(t) == 0 for cs in continuations for t in cs):
         raise EvaluationError("contexts and continuations must not be empty")
     single = all(len(t) == 1 for cs in continuations for t in cs)
+    # the shared prefix, leaving each context at least the token that predicts its continuation
+    shared = _common_prefix(contexts) if share_prefix and _caches(handle) else 0
+    shared = min(shared, min(map(len, contexts)) - 1)
+    prefix = [int(t) for t in contexts[0][:shared]]
     rows: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []  # (ids, [(dest, start, tokens)])
     for i, (ctx_ids, conts) in enumerate(zip(contexts, continuations)):
-        ctx_ids = [int(t) for t in ctx_ids]
+        ctx_ids = [int(t) for t in ctx_ids[shared:]]  # positions below count from the prefix's end
         if single:
             rows.append((ctx_ids, [(i * k_count + k, len(ctx_ids), list(c)) for k, c in enumerate(conts)]))
         else:
@@ -136,12 +145,53 @@ def continuation_logprobs(handle, contexts: list[list[int]], continuations: list
                     p_idx.append(s - 1 + j)
                     tok.append(int(t))
                     dest.append(d)
-        logits = handle.logits({"input_ids": ids.to(device), "attention_mask": mask.to(device)})
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if shared:
+            inputs.update(_prefix_cache(handle, prefix, len(batch)))
+            inputs["attention_mask"] = torch.cat([torch.ones((len(batch), shared), dtype=torch.long, device=device),
+                                                  inputs["attention_mask"]], 1)
+        logits = handle.logits(inputs)
         picked = logits[torch.tensor(b_idx, device=logits.device), torch.tensor(p_idx, device=logits.device)]
         logp = torch.log_softmax(picked.double(), -1)[torch.arange(len(tok), device=logits.device),
                                                        torch.tensor(tok, device=logits.device)]
         np.add.at(out, np.asarray(dest), logp.cpu().numpy())
     return out.reshape(n, k_count)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(map(len, seqs))
+    for s in seqs[1:]:
+        n = next((j for j in range(n) if s[j] != first[j]), n)
+    return n
+
+
+def _cache_argument(handle) -> str | None:
+    """The keyword a transformers model takes its key/value cache by (``cache`` since
+    transformers 5.2x, ``past_key_values`` before), None for other models."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    if not isinstance(handle.model, PreTrainedModel) or not getattr(handle.model.config, "use_cache", False):
+        return None
+    params = inspect.signature(handle.model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def _caches(handle) -> bool:
+    return _cache_argument(handle) is not None
+
+
+def _prefix_cache(handle, prefix: list[int], rows: int) -> dict:
+    """{keyword: the key/value cache of ``prefix``, repeated for ``rows`` rows}: a fresh one
+    per batch, since the rows' forward pass appends to it."""
+    name = _cache_argument(handle)
+    with handle.inference():
+        out = handle.model(input_ids=torch.tensor([prefix], device=handle.device), use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache.batch_repeat_interleave(rows)
+    return {name: cache}
 
 
 def zero_shot_rows(base_scores: np.ndarray, tuned_scores: np.ndarray, labels: np.ndarray, seed: int,
