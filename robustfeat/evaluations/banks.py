@@ -103,7 +103,7 @@ register_bank(Bank(
             "generic text (news-text) and zero-shot accuracy (VADER tweet sentiment) before and after, drift",
     entries=(
         Entry("clean", {"examples": None}, {"examples": 128}),
-        Entry("ood-perplexity", {"examples": 1000}, {"examples": 64}),
+        Entry("ood-perplexity", {"examples": 500}, {"examples": 64}),
         Entry("perplexity", {"examples": 500}, {"examples": 64}),
         Entry("zero-shot", {"examples": 500}, {"examples": 64}),
         *DRIFT,
