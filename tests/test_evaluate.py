@@ -300,7 +300,7 @@ def test_ls_banks_and_evaluations():
     r = _cli("ls", "evaluations")
     assert r.returncode == 0
     for name in ("clean", "corruptions", "domains", "ood", "imagenet-agreement", "linear-probe",
-                 "embedding-geometry", "perplexity", "cka", "weights"):
+                 "embedding-geometry", "perplexity", "ood-perplexity", "zero-shot", "cka", "weights"):
         assert name in r.stdout
 
 

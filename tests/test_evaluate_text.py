@@ -94,7 +94,11 @@ def test_user_domain_column_and_worst_domain(tmp_path):
 def test_causal_lm_bank(tmp_path):
     ckpt = _run(tmp_path, "gpt", model="tiny-gpt2", data="news-text", method="lora", lr=0.01)
     frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False)
-    assert set(frame.evaluation) == {"clean", "perplexity", "cka", "weights"}
+    # news-text declares no OOD sets: no ood-perplexity cells
+    assert set(frame.evaluation) == {"clean", "perplexity", "zero-shot", "cka", "weights"}
+    shot = frame[frame.evaluation == "zero-shot"].set_index("metric")
+    assert set(shot["shift"]) == {"vader-tweets"} and shot.loc["accuracy", "n"] == 64
+    assert shot.loc["forgetting", "value"] == pytest.approx(shot.loc["base_accuracy", "value"] - shot.loc["accuracy", "value"])
     base = _v(frame, "perplexity", "news-text", "base_perplexity").value
     tuned = _v(frame, "perplexity", "news-text", "perplexity").value
     assert _v(frame, "perplexity", "news-text", "forgetting").value == pytest.approx(tuned - base)
@@ -123,3 +127,48 @@ def test_pairs_file_validation_and_user_pairs(tmp_path):
         user.write_text(text)
         with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
             read_pairs(user)
+
+
+def test_causal_lm_ood_perplexity_on_rotten_tomatoes(tmp_path, monkeypatch):
+    from robustfeat.evaluations import ood
+    from robustfeat.train import validation_score
+
+    seen = []  # every table whose perplexity is taken
+
+    def spy(handle, table, *a, **kw):
+        seen.append(list(table["text"]))
+        return text_nll(handle, table, *a, **kw)
+
+    text_nll = ood.text_nll
+    monkeypatch.setattr(ood, "text_nll", spy)
+    ckpt = _run(tmp_path, "gpt", model="tiny-gpt2", data="rotten-tomatoes", method="lora", lr=0.01)
+    frame = evaluate([ckpt], tmp_path / "res", quick=True, progress=False, shifts=["ood-perplexity"])
+    rows = frame[frame.evaluation == "ood-perplexity"]
+    ppl = rows[rows.metric == "perplexity"].set_index("shift")
+    assert set(ppl.index) == {"vader-amazon", "vader-nyt", "vader-tweets", "vader-movie", "mean-ood"}
+    far = ["vader-amazon", "vader-nyt", "vader-tweets"]
+    assert set(ppl.loc[far].kind) == {"out-of-domain"} and ppl.loc["vader-movie"].kind == "near-domain"
+    # the headline: the geometric mean over the out-of-domain sets only
+    assert ppl.loc["mean-ood"].value == pytest.approx(np.exp(np.log(ppl.loc[far].value).mean()))
+    base = rows[rows.metric == "base_perplexity"].set_index("shift").value
+    inc = rows[rows.metric == "ppl_increase"].set_index("shift")
+    for s in [*far, "vader-movie"]:
+        assert inc.loc[s].value == pytest.approx(ppl.loc[s].value - base[s])
+        assert ppl.loc[s].ci_low <= ppl.loc[s].value <= ppl.loc[s].ci_high and ppl.loc[s].n == 64
+        assert inc.loc[s].ci_low <= inc.loc[s].value <= inc.loc[s].ci_high
+    ratio = _v(frame, "ood-perplexity", "mean-ood", "ppl_ratio").value
+    assert ratio == pytest.approx(ppl.loc["mean-ood"].value / _v(frame, "ood-perplexity", "mean-ood", "base_perplexity").value)
+    # every set deduplicated against all of Rotten Tomatoes; the movie set loses most of itself
+    rt = load_dataset("rotten-tomatoes", progress=False)
+    ref = [t for s in rt.splits.values() for t in s["text"]]
+    assert all("deduplicated against rotten-tomatoes: dropped" in n for n in ppl.loc[[*far, "vader-movie"]].note)
+    assert int(ppl.loc["vader-movie"].note.split("dropped ")[1].split(" of")[0]) > 1000
+    assert len(seen) == 8 and not any(loose_matches(texts, ref).any() for texts in seen)  # base + tuned per set
+    # a set's perplexity is the fine-tuned model's validation perplexity on its texts (the tuned
+    # model scores each set right after the base, so every second table seen is the tuned one's)
+    from robustfeat.data.table import Table
+    from robustfeat.train import load_run
+
+    handle = load_run(ckpt)[0]
+    tuned = sorted(validation_score(handle, Table({"text": np.array(t)}))[1] for t in seen[1::2])
+    assert tuned == pytest.approx(sorted(ppl.loc[[*far, "vader-movie"]].value), rel=1e-6)

@@ -13,6 +13,7 @@ from robustfeat.metrics import (
     COMMON,
     accuracy,
     bootstrap_ci,
+    bootstrap_perplexity,
     corruption_errors,
     effective_robustness,
     error,
@@ -20,6 +21,7 @@ from robustfeat.metrics import (
     fit_robustness_line,
     forgetting,
     mean_corruption_error,
+    wilson_interval,
     worst_domain,
 )
 
@@ -116,3 +118,22 @@ def test_effective_robustness_from_a_known_line():
     assert effective_robustness(sig(1.0), sig(-0.5), line) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(RobustfeatError, match="two reference points"):
         fit_robustness_line([0.5], [0.4])
+
+
+# --- intervals --------------------------------------------------------------------------------
+def test_wilson_interval_by_hand():
+    # p = 0.8, n = 10, z = 1.959964: centre (p + z^2/2n) / (1 + z^2/n), half z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
+    assert wilson_interval(8, 10) == pytest.approx((0.490162, 0.943318), abs=1e-6)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
+    assert wilson_interval(10, 10) == pytest.approx((0.722467, 1.0), abs=1e-6)
+    with pytest.raises(Exception, match="empty"):
+        wilson_interval(0, 0)
+
+
+def test_bootstrap_perplexity():
+    nll, tokens = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])  # every text at 2 nats per token
+    ci = bootstrap_perplexity(nll, tokens, nll)
+    assert ci["perplexity"] == pytest.approx((np.exp(2), np.exp(2))) and ci["increase"] == (0.0, 0.0)
+    ci = bootstrap_perplexity(np.array([1.0, 3.0]), np.ones(2), np.array([1.0, 1.0]), seed=1)
+    assert ci["perplexity"][0] == pytest.approx(np.e) and ci["perplexity"][1] == pytest.approx(np.exp(3))
+    assert ci["increase"][0] == pytest.approx(0.0) and ci["increase"][1] == pytest.approx(np.exp(3) - np.e)

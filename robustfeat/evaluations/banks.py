@@ -95,12 +95,17 @@ register_bank(Bank(
     ),
 ))
 
+# causal-lm v2 adds OOD perplexity (the declared OOD text, deduplicated against the fine-tuning
+# data) and the zero-shot task probe (VADER tweet sentiment by label-word log-likelihood).
 register_bank(Bank(
-    name="causal-lm", version=1, family="causal-lm",
-    summary="validation perplexity, perplexity on generic text (news-text) before and after, drift",
+    name="causal-lm", version=2, family="causal-lm",
+    summary="validation perplexity, OOD perplexity (VADER Amazon/NYT/tweets for Rotten Tomatoes), perplexity on "
+            "generic text (news-text) and zero-shot accuracy (VADER tweet sentiment) before and after, drift",
     entries=(
         Entry("clean", {"examples": None}, {"examples": 128}),
+        Entry("ood-perplexity", {"examples": 500}, {"examples": 64}),
         Entry("perplexity", {"examples": 500}, {"examples": 64}),
+        Entry("zero-shot", {"examples": 500}, {"examples": 64}),
         *DRIFT,
     ),
 ))

@@ -18,6 +18,8 @@ from robustfeat.evaluations.base import (
     Evaluation,
     Headline,
     Option,
+    cell_seed,
+    metric_row,
     register_evaluation,
     require,
     subsample,
@@ -126,37 +128,18 @@ class OutOfDomain(Evaluation):
         return [Cell(self.name, name) for name in self.sets(ctx)]
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
-        from robustfeat.data.api import load_dataset
-        from robustfeat.data.dedup import loose_keys, loose_matches
         from robustfeat.data.table import Table
 
         s = self.sets(ctx)[cell.shift]
         own = ctx.data
-        if s.data == own.name:
-            bundle = own
-        else:
-            bundle = load_dataset(s.data, seed=ctx.options.seed, progress=False)
+        bundle = _set_bundle(ctx, s)
         require(bundle.task == own.task, f"OOD set '{s.name}' ({s.data}, {bundle.task}) does not fit a model "
                                          f"fine-tuned on '{own.name}' ({own.task})")
         remap = _label_map(s, bundle.label_names, own.label_names, own.name)
-        split = s.split or ("test" if s.data == own.name else "all")
-        names = ["test"] if split == "test" else list(bundle.splits)
-        table = _concat([bundle[n] for n in names])
-        for col, value in s.where:
-            require(col in table, f"OOD set '{s.name}': '{s.data}' has no column '{col}'")
-            table = table.where(np.asarray(table[col]).astype(str) == value)
-        notes = []
         if s.dedup:
             require(own.input_column == "text", f"OOD set '{s.name}': dedup applies to text data only")
-            full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
-            ref = loose_keys(t for n in full.splits for t in full[n]["text"])  # all of it, not the trimmed copy
-            dup = loose_matches(table["text"], ref)
-            notes.append(f"deduplicated against {own.name}: dropped {int(dup.sum())} of {len(table)}")
-            table = table.where(~dup)
-        require(len(table) > 0, f"OOD set '{s.name}' is empty after filtering")
+        table, notes = _set_table(ctx, s, bundle, dedup=s.dedup)
         table = subsample(table, self.params.get("examples"), ctx.options.seed)
-        if bundle.provenance.get("notes"):
-            ctx.memo.setdefault("dataset_notes", {})[s.data] = bundle.provenance["notes"]
         labels = remap[np.asarray(table["label"])]
         return classification_rows(ctx, Table({own.input_column: table[own.input_column], "label": labels}), cell,
                                    note="; ".join(notes), kind=s.kind.replace("_", "-"))
@@ -168,6 +151,51 @@ class OutOfDomain(Evaluation):
             return []
         return [summary_row(cls.name, "mean-ood", "accuracy", float(np.mean(ood)), len(ood),
                             "mean over the out-of-domain sets (near-domain sets excluded)")]
+
+
+def _set_bundle(ctx: EvalContext, s: ShiftSet):
+    from robustfeat.data.api import load_dataset
+
+    if s.data == ctx.subject.data_name:
+        return ctx.data
+    return load_dataset(s.data, seed=ctx.options.seed, progress=False)
+
+
+def finetune_text_keys(ctx: EvalContext) -> set[str]:
+    """The loose keys (robustfeat.data.dedup) of every text of the checkpoint's fine-tuning
+    data, all splits of the full dataset (not the trimmed copy it trained on); computed once
+    per checkpoint."""
+    if "finetune_text_keys" not in ctx.memo:
+        from robustfeat.data.api import load_dataset
+        from robustfeat.data.dedup import loose_keys
+
+        full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
+        ctx.memo["finetune_text_keys"] = loose_keys(t for n in full.splits if "text" in full[n]
+                                                    for t in full[n]["text"])
+    return ctx.memo["finetune_text_keys"]
+
+
+def _set_table(ctx: EvalContext, s: ShiftSet, bundle, dedup: bool) -> tuple:
+    """The rows of a shift set (its split, its ``where`` filters), without those whose text
+    loosely matches the fine-tuning data when ``dedup``: (table, notes)."""
+    from robustfeat.data.dedup import loose_matches
+
+    split = s.split or ("test" if s.data == ctx.subject.data_name else "all")
+    names = ["test"] if split == "test" else list(bundle.splits)
+    table = _concat([bundle[n] for n in names])
+    for col, value in s.where:
+        require(col in table, f"OOD set '{s.name}': '{s.data}' has no column '{col}'")
+        table = table.where(np.asarray(table[col]).astype(str) == value)
+    notes = []
+    if dedup:
+        require("text" in table, f"OOD set '{s.name}': dedup applies to text data only")
+        dup = loose_matches(table["text"], finetune_text_keys(ctx))
+        notes.append(f"deduplicated against {ctx.subject.data_name}: dropped {int(dup.sum())} of {len(table)}")
+        table = table.where(~dup)
+    require(len(table) > 0, f"OOD set '{s.name}' is empty after filtering")
+    if bundle.provenance.get("notes"):
+        ctx.memo.setdefault("dataset_notes", {})[s.data] = bundle.provenance["notes"]
+    return table, notes
 
 
 def _label_map(s: ShiftSet, theirs: list[str] | None, ours: list[str] | None, own: str) -> np.ndarray:
@@ -187,3 +215,76 @@ def _concat(tables):
 
     cols = set.intersection(*(set(t.names()) for t in tables))
     return Table({c: np.concatenate([t[c] for t in tables]) for c in sorted(cols)})
+
+
+def text_nll(handle, table, batch_size: int) -> dict[str, np.ndarray]:
+    """A causal LM's summed next-token NLL of each text and its scored tokens (texts cut at
+    the model's max_length as in training): {"nll": (N,), "tokens": (N,)}, float64, in the
+    table's order. Texts are batched longest first, so that batches pad little."""
+    order = np.argsort([-len(str(t)) for t in table["text"]], kind="stable")
+    nll, tokens = np.empty(len(table)), np.empty(len(table))
+    for start in range(0, len(table), batch_size):
+        rows = order[start:start + batch_size]
+        a, b = handle.text_nll(handle.preprocess(table.select(rows)))
+        nll[rows], tokens[rows] = a.double().cpu().numpy(), b.double().cpu().numpy()
+    return {"nll": nll, "tokens": tokens}
+
+
+@register_evaluation
+class OutOfDomainPerplexity(Evaluation):
+    name = "ood-perplexity"
+    summary = ("causal LMs: perplexity, base vs fine-tuned, on the fine-tuning data's declared out-of-domain and "
+               "near-domain text (ood_pairs.yaml, --lm-pairs FILE), every text that loosely matches the fine-tuning "
+               "data dropped; geometric mean over the out-of-domain sets")
+    families = frozenset({"causal-lm"})
+    order = 11
+    explain = ("mean OOD ppl: perplexity of the fine-tuned model on the declared out-of-domain text (for Rotten "
+               "Tomatoes: VADER's Amazon, NYT and tweet snippets), the geometric mean over the sets (near-domain "
+               "sets are reported but not averaged in); the base's value and the ratio are in the rows.")
+    options = (Option("lm_pairs", "YAML file adding out-of-distribution text sets for causal LMs (format: "
+                      "robustfeat/evaluations/ood_pairs.yaml; labels are not needed)", metavar="FILE",
+                      param="pairs", check=read_pairs),)
+    headlines = (Headline("ood_ppl", "mean OOD ppl", "perplexity", False,
+                          "perplexity on the out-of-domain text, geometric mean over the sets", "robustness",
+                          shift="mean-ood", bounds=(1.0, float("inf"))),)
+
+    def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
+        return {s.name: s for s in pairs_for(ctx.subject.data_name, self.params.get("pairs"))}
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, name) for name in self.sets(ctx)]
+
+    def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
+        from robustfeat.metrics import bootstrap_perplexity
+
+        s = self.sets(ctx)[cell.shift]
+        # a language model memorises text: every set is deduplicated against the fine-tuning data
+        table, notes = _set_table(ctx, s, _set_bundle(ctx, s), dedup=True)
+        require("text" in table, f"OOD set '{s.name}' ({s.data}) has no 'text' column")
+        table = subsample(table, self.params.get("examples"), ctx.options.seed)
+        bs = ctx.options.batch_size
+        base = ctx.base_cached("ood-text-nll", [s.name, s.data, table.fingerprint(), ctx.handle.max_length],
+                               lambda h: text_nll(h, table, bs))
+        tuned = text_nll(ctx.handle, table, bs)
+        ci = bootstrap_perplexity(tuned["nll"], tuned["tokens"], base["nll"], seed=cell_seed(ctx.options.seed, cell))
+        count = tuned["tokens"].sum()
+        ppl, base_ppl = float(np.exp(tuned["nll"].sum() / count)), float(np.exp(base["nll"].sum() / count))
+        n, kind, note = len(table), s.kind.replace("_", "-"), "; ".join([*notes, f"{int(count)} tokens"])
+        return [metric_row("perplexity", ppl, n, ci["perplexity"], note, kind),
+                metric_row("base_perplexity", base_ppl, n, ci["base_perplexity"], note, kind),
+                metric_row("ppl_increase", ppl - base_ppl, n, ci["increase"], note, kind)]
+
+    @classmethod
+    def summarize(cls, rows: list[dict], reference_rows: list[dict] | None, reference: str) -> list[dict]:
+        def geo(metric: str) -> list[float]:
+            return [r["value"] for r in rows if r["metric"] == metric and r.get("kind") == "out-of-domain"]
+
+        tuned, base = geo("perplexity"), geo("base_perplexity")
+        if not tuned:
+            return []
+        note = "geometric mean over the out-of-domain sets (near-domain sets excluded)"
+        t, b = float(np.exp(np.mean(np.log(tuned)))), float(np.exp(np.mean(np.log(base)))) if base else float("nan")
+        return [summary_row(cls.name, "mean-ood", "perplexity", t, len(tuned), note),
+                summary_row(cls.name, "mean-ood", "base_perplexity", b, len(base), note),
+                summary_row(cls.name, "mean-ood", "ppl_ratio", t / b, len(tuned),
+                            "fine-tuned / base mean OOD perplexity (above 1: the shifted text got less predictable)")]

@@ -1,6 +1,13 @@
 """Metrics: pure functions, each tested against hand-computed values."""
 
-from robustfeat.metrics.classification import accuracy, bootstrap_ci, error, expected_calibration_error  # noqa: F401
+from robustfeat.metrics.classification import (  # noqa: F401
+    accuracy,
+    bootstrap_ci,
+    bootstrap_perplexity,
+    error,
+    expected_calibration_error,
+    wilson_interval,
+)
 from robustfeat.metrics.corruption_errors import (  # noqa: F401
     ALEXNET_MEAN_ERROR,
     COMMON,

@@ -97,13 +97,25 @@ class CausalLM(TextHandle):
         tokenizer.padding_side = "right"  # left padding would predict the first token from a pad
         super().__init__(model, tokenizer, info, [], max_length)
 
-    def _token_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _masked_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, T-1) next-token NLL, zero where not scored, and the (N, T-1) mask of scored tokens."""
         logits = self.forward(inputs)[:, :-1]
         target = inputs["input_ids"][:, 1:]
         m = inputs["attention_mask"]
         mask = (m[:, 1:] * m[:, :-1]).to(logits.dtype)  # a real token predicted from a real token
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none")
-        return (nll.view_as(mask) * mask).sum(), mask.sum()
+        return nll.view_as(mask) * mask, mask
+
+    def _token_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        nll, mask = self._masked_nll(inputs)
+        return nll.sum(), mask.sum()
+
+    def text_nll(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's summed next-token NLL and its number of scored tokens, (N,) each: an
+        inference call like ``eval_sums`` (whose totals are their sums)."""
+        with self.inference():
+            nll, mask = self._masked_nll(inputs)
+            return nll.sum(1), mask.sum(1)
 
     def loss(self, inputs, table):
         total, count = self._token_nll(inputs)
