@@ -64,6 +64,9 @@ def test_the_stages_run_and_the_outputs_are_written(study):
               if json.loads((p.parent / "trial.json").read_text())["evaluate"] is None]
     assert len(tuning) == 9 and all(t["results"] is None for t in tuning)
     assert len(list((out / "text" / "checkpoints").glob("*/robustfeat.json"))) == 9 + 3  # 3 arms x 1 more seed
+    # the base model's outputs are computed once per base (seed) for the whole family, not per trial
+    assert not list((out / "text" / "trials").glob("*/results/base"))
+    assert len(list((out / "text" / "base-outputs").iterdir())) == 2
     # the budget-matched lora trains about as many adapter parameters as vefa, at its own rank
     assert fam["matched_ranks"]["lora-matched"] >= 1 and fam["trainable"]["lora-matched"] < fam["trainable"]["lora"]
     summary = pd.read_csv(out / "summary.csv")

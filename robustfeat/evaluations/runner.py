@@ -78,7 +78,8 @@ def pick_reference(subjects: list[Subject], explicit: Subject | None) -> dict[st
 def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, bank: str | None = None,
              shifts: list[str] | None = None, quick: bool = False, reference: str | None = None,
              device: str | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
-             scales: list[float] | None = None, sizes: dict[str, dict[str, Any]] | None = None, **options: Any):
+             scales: list[float] | None = None, sizes: dict[str, dict[str, Any]] | None = None,
+             base_cache: str | os.PathLike | None = None, **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
     (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). Every check
@@ -88,7 +89,9 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     each checkpoint with its fine-tuning update scaled by each of these factors instead
     (adapter-scale curves; :class:`~robustfeat.evaluations.subject.ScaledSubject`).
     ``sizes``: per evaluation, sizes other than the bank's (``{"ood": {"examples": 500}}``);
-    results of other sizes are never mixed in one folder."""
+    results of other sizes are never mixed in one folder. ``base_cache``: where the base
+    model's outputs are kept, to share them between results folders (a sweep's trials);
+    default: inside ``out``."""
     from tqdm.auto import tqdm
 
     if not checkpoints:
@@ -108,7 +111,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
             subjects.append(ref)
     refs = pick_reference(subjects, ref)
     chosen, tag, plans, store = plan(subjects, out, bank=bank, shifts=shifts, quick=quick, device=device,
-                                     seed=seed, batch_size=batch_size, progress=progress, sizes=sizes, **options)
+                                     seed=seed, batch_size=batch_size, progress=progress, sizes=sizes,
+                                     base_cache=base_cache, **options)
     assert store is not None
     # every check passed: only now is the results folder made or touched
     store.create()
@@ -145,7 +149,7 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
 def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | None = None, shifts: list[str] | None = None,
          quick: bool = False, device: str | None = None, seed: int = 0, batch_size: int = 64,
          progress: bool = True, sizes: dict[str, dict[str, Any]] | None = None,
-         **options: Any) -> tuple[Bank, str, list, ResultsStore | None]:
+         base_cache: str | os.PathLike | None = None, **options: Any) -> tuple[Bank, str, list, ResultsStore | None]:
     """Check an evaluation completely and lay it out, writing nothing: the bank, its results
     tag, per subject its context with ``[(evaluation name, evaluation, cells)]``, and the
     results store of ``out`` (checked, not created; None without ``out``). Unknown
@@ -163,7 +167,10 @@ def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | 
             overrides[name] = {**params, **overrides.get(name, {})}
     tag = chosen.tag + ("-quick" if quick else "") + (f"-seed{seed}" if seed else "") + sizes_tag(sizes)
     store = ResultsStore(out, tag) if out is not None else None  # checks the folder; writes nothing
-    base_dir = store.root / "base" if store is not None else Path(os.devnull)
+    if base_cache is not None:
+        base_dir = Path(base_cache).absolute()
+    else:
+        base_dir = store.root / "base" if store is not None else Path(os.devnull)
     pick_device(device)  # an unavailable device is refused before anything is written
     run_options = EvalOptions(quick=quick, seed=seed, device=device, batch_size=batch_size, progress=progress)
     evaluations = chosen.evaluations(quick, overrides)

@@ -79,7 +79,9 @@ def _run(spec: TrialSpec, out: str | os.PathLike) -> dict[str, Any]:
     if spec.evaluate is not None:
         opts = dict(spec.evaluate)
         shifts = opts.pop("shifts", None)
-        evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False, **opts)
+        # the base model's outputs are shared by every trial of the sweep (computed once per base)
+        evaluate([ckpt], results, shifts=list(shifts) if shifts else None, progress=False,
+                 base_cache=Path(out) / "base-outputs", **opts)
     info = {"key": spec.key, "name": spec.name, "label": spec.label,
             "results": str(results) if spec.evaluate is not None else None,
             "checkpoint": str(ckpt), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
