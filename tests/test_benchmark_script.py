@@ -39,3 +39,21 @@ def test_corruption_benchmark_runs_and_reports_every_corruption(capsys):
         assert reference > 0 and ours > 0 and abs(ratio - ours / reference) < 0.05 * ratio + 0.05
     assert re.search(r"\| \*\*ImageNet-C 15\*\* \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", out)
     assert "slower than the reference:" in out
+
+
+def test_evaluation_benchmark_runs_and_reports_both_paths(capsys, tmp_path):
+    import json
+
+    import bench_eval
+
+    out_json = tmp_path / "eval.json"
+    assert bench_eval.main(["--model", "tiny-cnn", "--quick", "--images", "8", "--probe-data", "digits",
+                            "--probe-train", "40", "--probe-test", "20", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    for name in ("lora", "linear"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        before, now, ratio, diff = (float(v.strip().rstrip("x")) for v in row.split("|")[2:6])
+        assert before > 0 and now > 0 and abs(ratio - now / before) < 0.01 * ratio + 0.01 and diff < 1e-4
+    assert re.search(r"\| \*\*cell\*\* \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", out)
+    report = json.loads(out_json.read_text())
+    assert set(report["forward"]) == {"lora", "linear"} and report["probe"]["cell"]["speedup"] > 0

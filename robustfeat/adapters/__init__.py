@@ -18,6 +18,7 @@ from robustfeat.adapters.layers import LayerInfo  # noqa: F401
 from robustfeat.adapters.model import (  # noqa: F401
     adapter_state,
     adapters_disabled,
+    adapters_merged,
     count_trainable,
     disable_adapters,
     enable_adapters,

@@ -91,8 +91,14 @@ class LinearProbe(_NoLayers):
             )
 
 
+#: where a merged PEFT layer keeps its base layer's own tensors from before the merge
+_SAVED = "_robustfeat_unmerged"
+
+
 class _PeftLayerHandle:
-    """Presents a PEFT tuner layer through robustfeat's LayerHandle interface."""
+    """Presents a PEFT tuner layer through robustfeat's LayerHandle interface. Merging keeps
+    a copy of the base layer's weight and bias, so unmerging is exact (PEFT's own unmerge
+    divides IA3's scales back out and subtracts VeRA's update, which rounds)."""
 
     def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
@@ -101,13 +107,33 @@ class _PeftLayerHandle:
     def merged(self) -> bool:
         return bool(self.layer.merged)
 
+    @property
+    def enabled(self) -> bool:
+        return not self.layer.disable_adapters
+
     def merge(self) -> None:
         if not self.layer.merged:
+            base = self.layer.get_base_layer()
+            saved = {n: p.detach().clone() for n, p in base.named_parameters(recurse=False)}
             self.layer.merge()
+            self.layer.__dict__[_SAVED] = saved
 
     def unmerge(self) -> None:
         if self.layer.merged:
-            self.layer.unmerge()
+            import warnings
+
+            import torch
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "unmerge result can be inaccurate": the copy below makes it exact
+                self.layer.unmerge()
+            saved = self.layer.__dict__.pop(_SAVED, None)
+            if saved is not None:
+                base = self.layer.get_base_layer()
+                with torch.no_grad():
+                    for n, p in base.named_parameters(recurse=False):
+                        if n in saved:
+                            p.copy_(saved[n])
 
     def set_enabled(self, enabled: bool) -> None:
         if not enabled:
@@ -115,6 +141,7 @@ class _PeftLayerHandle:
         self.layer.enable_adapters(enabled)
 
     def unwrap(self) -> nn.Module:
+        self.layer.__dict__.pop(_SAVED, None)
         return self.layer.get_base_layer()
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:

@@ -129,6 +129,25 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def adapters_merged(model: nn.Module) -> Iterator[nn.Module]:
+    """``with adapters_merged(model): out = model(x)``: every enabled adapter folded into its
+    base weight for the block, so a forward costs the base's. On exit the layers this merged
+    are unmerged exactly; layers that were merged already stay merged. A model without
+    mergeable adapters (none, or ``full``/``linear``) is left as it is."""
+    todo = [h for _, h in _handles(model) if not h.merged and getattr(h, "enabled", True)] \
+        if has_adapters(model) else []
+    done = []
+    try:
+        for h in todo:
+            h.merge()
+            done.append(h)
+        yield model
+    finally:
+        for h in reversed(done):
+            h.unmerge()
+
+
 def set_adapters_enabled(model: nn.Module, enabled: bool) -> nn.Module:
     """Switch the adapters off (the base model's outputs) or back on."""
     state = adapter_state(model)

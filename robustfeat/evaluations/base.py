@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -162,20 +162,30 @@ FRACTION = (0.0, 1.0)
 
 
 class BasePool:
-    """Base models by key, loaded on first use; only the most recent one is kept."""
+    """Base models by key, loaded on first use; only the most recent one is kept. Each runs
+    on the fast inference path (:meth:`ModelHandle.fast_inference`) while it is kept, the
+    path the fine-tuned models run on, so that a fine-tune that changed nothing compares
+    equal to its base bit for bit."""
 
     def __init__(self) -> None:
         self._key: str | None = None
         self._handle: ModelHandle | None = None
+        self._fast = ExitStack()
 
     def get(self, key: str, load: Callable[[], ModelHandle]) -> ModelHandle:
         if self._key != key:
-            self._handle = None
-            self._handle = load()
-            self._handle.model.eval()
-            self._key = key
+            self.close()
+            handle = load()
+            handle.model.eval()
+            self._fast.enter_context(handle.fast_inference())
+            self._handle, self._key = handle, key
         assert self._handle is not None
         return self._handle
+
+    def close(self) -> None:
+        """Forget the kept base model, its layout put back."""
+        self._fast.close()
+        self._handle = self._key = None
 
 
 @dataclass
@@ -191,6 +201,7 @@ class EvalContext:
     #: per-checkpoint scratch space shared by the cells of one run (e.g. resized images)
     memo: dict[str, Any] = field(default_factory=dict, repr=False)
     _loaded: tuple | None = field(default=None, repr=False)
+    _fast: ExitStack = field(default_factory=ExitStack, repr=False)
 
     @contextmanager
     def steps(self, what: str, names: tuple[str, ...]):
@@ -213,14 +224,21 @@ class EvalContext:
             bar.close()
 
     def release(self) -> None:
-        """Forget the loaded fine-tuned model (it is loaded again on first use)."""
+        """Forget the loaded fine-tuned model (it is loaded again on first use), put back as
+        it was loaded (adapters unmerged, its layout)."""
+        self._fast.close()
         self._loaded = None
 
     # --- the fine-tuned model --------------------------------------------------------------
     def _load(self) -> tuple:
+        """The fine-tuned model, in eval mode on the fast inference path (adapters merged,
+        the family's fastest layout: :meth:`ModelHandle.fast_inference`) until
+        :meth:`release`; every evaluation reads it so (``weights`` reads the merged weights,
+        ``cka`` the adapted layers' outputs, which merging leaves as they are)."""
         if self._loaded is None:
             handle, data = self.subject.load(self.options.device)
             handle.model.eval()
+            self._fast.enter_context(handle.fast_inference())
             self._loaded = (handle, data)
         return self._loaded
 

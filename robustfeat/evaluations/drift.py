@@ -90,17 +90,11 @@ class WeightDrift(Evaluation):
 
     def _merged(self, ctx: EvalContext) -> dict[str, np.ndarray]:
         if "merged_weights" not in ctx.memo:
-            from robustfeat.adapters.model import has_adapters, merge_adapters, unmerge_adapters
+            from robustfeat.adapters.model import adapters_merged
 
-            model = ctx.handle.model
-            adapted = has_adapters(model)
-            if adapted:
-                merge_adapters(model)
-            try:
+            model = ctx.handle.model  # merged already on the evaluation's fast path: then left merged
+            with adapters_merged(model):
                 ctx.memo["merged_weights"] = {p: weight_matrix(model, p) for p in drift_layers(ctx)}
-            finally:
-                if adapted:
-                    unmerge_adapters(model)
         return ctx.memo["merged_weights"]
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:

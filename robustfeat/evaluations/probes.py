@@ -163,12 +163,16 @@ class LinearProbe(Evaluation):
         def features(h):
             return {"train": embed(h, train, bs)["embedding"], "test": embed(h, test, bs)["embedding"]}
 
-        with ctx.steps("linear probe", ("base features", "fine-tuned features", "base probe", "fine-tuned probe")) as step:
-            base = ctx.base_cached("probe-features", [data, column, train.fingerprint(), test.fingerprint()], features)
+        key = [data, column, train.fingerprint(), test.fingerprint()]
+
+        def base_probe(_h):  # the base's features and probe, each once per base
+            f = ctx.base_cached("probe-features", key, features)
+            return {"accuracy": np.array(_probe_accuracy(f["train"], y_train, f["test"], y_test))}
+
+        with ctx.steps("linear probe", ("base probe", "fine-tuned features", "fine-tuned probe")) as step:
+            acc_base = float(ctx.base_cached("probe-accuracy", [*key, PROBE_SOLVER], base_probe)["accuracy"])
             step()
             tuned = features(ctx.handle)
-            step()
-            acc_base = _probe_accuracy(base["train"], y_train, base["test"], y_test)
             step()
             acc_tuned = _probe_accuracy(tuned["train"], y_train, tuned["test"], y_test)
             step()
@@ -177,6 +181,10 @@ class LinearProbe(Evaluation):
         return [metric_row("base_accuracy", acc_base, n, note=note), metric_row("accuracy", acc_tuned, n, note=note),
                 metric_row("retention", acc_tuned / acc_base if acc_base > 0 else float("nan"), n),
                 metric_row("forgetting", forgetting(acc_base, acc_tuned), n)]
+
+
+#: what the probe fits (part of the key of the base's cached probe accuracy)
+PROBE_SOLVER = "sklearn LogisticRegression(max_iter=2000) on StandardScaler features, float64"
 
 
 def _probe_accuracy(x_train, y_train, x_test, y_test) -> float:

@@ -9,10 +9,17 @@ model inputs, what the task output is, and which representation the drift probes
 * ``features(inputs, layers=None) -> {layer: (N, D)}``: pooled representations per layer.
 
 ``logits``, ``features`` and ``eval_sums`` are inference calls: each runs with the model in
-eval mode (dropout off, normalisation statistics frozen) and without gradients, then puts
-back the modes it found, so two identical calls give identical outputs whatever the model's
-state. Families implement ``forward`` (the task output in the model's current mode, what
-``loss`` trains on), ``_features`` and ``_eval_sums``.
+eval mode (dropout off, normalisation statistics frozen) under ``torch.inference_mode`` (no
+gradients, no autograd bookkeeping), then puts back the modes it found, so two identical
+calls give identical outputs whatever the model's state. Families implement ``forward`` (the
+task output in the model's current mode, what ``loss`` trains on), ``_features`` and
+``_eval_sums``.
+
+``fast_inference()`` is for a stretch of inference-only work on a model that does not change
+meanwhile (an evaluation): the adapters merged, so a forward costs the base's, and the
+family's fastest memory layout (channels-last for image models). Outputs agree with the plain
+path within float tolerance, not bit for bit; two runs through the same path agree bit for
+bit. Everything is put back on exit.
 """
 
 
@@ -64,15 +71,37 @@ class ModelHandle:
     # --- inference: always in eval mode --------------------------------------------------
     @contextlib.contextmanager
     def inference(self) -> Iterator[None]:
-        """Eval mode and no gradients for the block; every module's mode is put back after."""
+        """Eval mode and inference mode (no gradients, no autograd bookkeeping) for the block;
+        every module's mode is put back after. Tensors made inside are inference tensors:
+        read them (``.cpu().numpy()``, arithmetic), never train on them."""
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 yield
         finally:
             for m, mode in modes:
                 m.training = mode
+
+    @contextlib.contextmanager
+    def fast_inference(self) -> Iterator[None]:
+        """For inference-only work on a model that stays as it is for the block (an
+        evaluation): every adapter that can merge is merged into its base weight (robustfeat's
+        lora, lorfa and vefa, PEFT's ia3 and vera; a forward then costs the base's) and the
+        model takes the family's fastest memory layout (:meth:`_fast_layout`). On exit the
+        adapters this merged are unmerged exactly and the layout is put back; training modes
+        are not touched. Do not train inside (a merged adapter refuses to)."""
+        from robustfeat.adapters.model import adapters_merged
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(adapters_merged(self.model))  # merged in the stored layout, as `weights` reads it
+            stack.enter_context(self._fast_layout())
+            yield
+
+    @contextlib.contextmanager
+    def _fast_layout(self) -> Iterator[None]:
+        """The memory layout fastest for this family's inference (none by default)."""
+        yield
 
     def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.inference():
