@@ -79,7 +79,7 @@ def test_quick_image_bank_rows_and_provenance(quick, cnn):
     assert _v(frame, "tiny-cnn-lora", "weights", "all", "relative_change") > 0.0
     # provenance
     meta = json.loads((out / "results.json").read_text())
-    assert meta["bank"] == "image-v4-quick"
+    assert meta["bank"] == "image-v5-quick"
     assert {"versions", "git_revision", "seed", "date", "mce"} <= set(meta["provenance"])
     (rid, info), = [(k, v) for k, v in meta["checkpoints"].items() if k.startswith("tiny-cnn-lora")]
     assert info["weights_sha256"] == sha256_file(cnn["lora"] / "adapter_model.safetensors")
@@ -220,7 +220,7 @@ def test_bad_input_is_one_line_and_leaves_results_alone(cnn, quick, tmp_path, ca
         ([cnn["lora"], "--pairs", pairs, "--out", tmp_path / "o4"], "expected the keys"),
         ([cnn["lora"], "--pairs", tmp_path / "nope.yaml", "--out", tmp_path / "o4"], "does not exist"),
         ([cnn["lora"], "--reference", tmp_path, "--out", tmp_path / "o5"], "no robustfeat.json"),
-        ([cnn["lora"], "--out", out, "--seed", "0"], "holds results of bank image-v4-quick"),
+        ([cnn["lora"], "--out", out, "--seed", "0"], "holds results of bank image-v5-quick"),
         ([cnn["lora"], "--quick", "--imagenet", tmp_path / "no-such-dir", "--out", out], "--imagenet folder"),
         ([cnn["lora"], "--quick", "--imagenet", junk, "--out", out], "no images in class sub-folders"),
     ]

@@ -192,7 +192,7 @@ def test_pdf_report_pages_and_text(results, tmp_path):
     pages = sorted(tmp_path.glob("page-*.png"))
     assert len(pages) >= 3
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-    for needle in ("Summary", "How to read this", "mCE", "lora", "linear", "Provenance", "torch 2.", "image-v4-quick"):
+    for needle in ("Summary", "How to read this", "mCE", "lora", "linear", "Provenance", "torch 2.", "image-v5-quick"):
         assert needle in text, needle
 
 

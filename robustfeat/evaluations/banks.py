@@ -60,13 +60,15 @@ LINEAR_PROBE = Entry("linear-probe", {"train_examples": 2000, "test_examples": 1
 # Versions: image v4 and text v2 put an OOD row's kind in its own column and hold the linear
 # probe out (never the fine-tuning task, its OOD pairs or its label set; texts deduplicated
 # against the fine-tuning data).
+# Image v5, text v3, causal-lm v3: evaluated with the adapters merged, channels-last for images and
+# under inference_mode (float-level changes), the base's linear-probe accuracy cached per base.
 
 #: the corruption code the image bank's version stands for: when CORRUPTIONS_VERSION changes
 #: the corrupted images change, so the image bank's version must change with it (a test checks)
 IMAGE_BANK_CORRUPTIONS_VERSION = 4
 
 register_bank(Bank(
-    name="image", version=4, family="image-classifier",
+    name="image", version=5, family="image-classifier",
     summary="clean, ImageNet-C corruptions (19 x 5), paired domains, ImageNet-head agreement (and accuracy on "
             "--imagenet DIR), linear probe, drift",
     entries=(
@@ -83,7 +85,7 @@ register_bank(Bank(
 ))
 
 register_bank(Bank(
-    name="text", version=2, family="text-classifier",
+    name="text", version=3, family="text-classifier",
     summary="clean, domains, OOD sets (Amazon/NYT/tweets for Rotten Tomatoes), embedding geometry, linear probe, drift",
     entries=(
         CLEAN,
@@ -98,7 +100,7 @@ register_bank(Bank(
 # causal-lm v2 adds OOD perplexity (the declared OOD text, deduplicated against the fine-tuning
 # data) and the zero-shot task probe (VADER tweet sentiment by label-word log-likelihood).
 register_bank(Bank(
-    name="causal-lm", version=2, family="causal-lm",
+    name="causal-lm", version=3, family="causal-lm",
     summary="validation perplexity, OOD perplexity (VADER Amazon/NYT/tweets for Rotten Tomatoes), perplexity on "
             "generic text (news-text) and zero-shot accuracy (VADER tweet sentiment) before and after, drift",
     entries=(
