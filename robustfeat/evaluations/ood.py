@@ -107,8 +107,19 @@ def pairs_for(dataset: str, user_file: str | None) -> list[ShiftSet]:
     return pairs.get(dataset, [])
 
 
+class _DeclaredSets(Evaluation):
+    """An evaluation with one cell per declared set of the fine-tuning data (ood_pairs.yaml and
+    the user's file in the ``pairs`` parameter)."""
+
+    def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
+        return {s.name: s for s in pairs_for(ctx.subject.data_name, self.params.get("pairs"))}
+
+    def cells(self, ctx: EvalContext) -> list[Cell]:
+        return [Cell(self.name, name) for name in self.sets(ctx)]
+
+
 @register_evaluation
-class OutOfDomain(Evaluation):
+class OutOfDomain(_DeclaredSets):
     name = "ood"
     summary = "declared out-of-domain and near-domain sets (ood_pairs.yaml, --pairs FILE); mean OOD accuracy"
     families = CLASSIFIERS
@@ -120,12 +131,6 @@ class OutOfDomain(Evaluation):
                       metavar="FILE", check=read_pairs),)
     headlines = (Headline("ood_acc", "mean OOD acc", "accuracy", True, "mean accuracy over the out-of-domain sets",
                           "robustness", shift="mean-ood", bounds=FRACTION),)
-
-    def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
-        return {s.name: s for s in pairs_for(ctx.subject.data_name, self.params.get("pairs"))}
-
-    def cells(self, ctx: EvalContext) -> list[Cell]:
-        return [Cell(self.name, name) for name in self.sets(ctx)]
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
         from robustfeat.data.table import Table
@@ -231,7 +236,7 @@ def text_nll(handle, table, batch_size: int) -> dict[str, np.ndarray]:
 
 
 @register_evaluation
-class OutOfDomainPerplexity(Evaluation):
+class OutOfDomainPerplexity(_DeclaredSets):
     name = "ood-perplexity"
     summary = ("causal LMs: perplexity, base vs fine-tuned, on the fine-tuning data's declared out-of-domain and "
                "near-domain text (ood_pairs.yaml, --lm-pairs FILE), every text that loosely matches the fine-tuning "
@@ -247,12 +252,6 @@ class OutOfDomainPerplexity(Evaluation):
     headlines = (Headline("ood_ppl", "mean OOD ppl", "perplexity", False,
                           "perplexity on the out-of-domain text, geometric mean over the sets", "robustness",
                           shift="mean-ood", bounds=(1.0, float("inf"))),)
-
-    def sets(self, ctx: EvalContext) -> dict[str, ShiftSet]:
-        return {s.name: s for s in pairs_for(ctx.subject.data_name, self.params.get("pairs"))}
-
-    def cells(self, ctx: EvalContext) -> list[Cell]:
-        return [Cell(self.name, name) for name in self.sets(ctx)]
 
     def run(self, ctx: EvalContext, cell: Cell) -> list[dict]:
         from robustfeat.metrics import bootstrap_perplexity

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from robustfeat.errors import RobustfeatError
@@ -243,13 +242,6 @@ def parse_study(doc: Any, source: str = "<study>") -> StudySpec:
 
 
 def read_study(path: str | os.PathLike) -> StudySpec:
-    import yaml
+    from robustfeat.sweep.grid import read_yaml
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise StudyError(f"study file '{path}' does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise StudyError(f"study file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_study(doc, str(path))
+    return parse_study(read_yaml(path, "study", StudyError), str(path))

@@ -257,14 +257,19 @@ def check_evaluations(grid: Grid) -> None:
             raise GridError(f"{grid.source}: trial {spec.name}: evaluate: {e}") from None
 
 
-def read_grid(path: str | os.PathLike) -> Grid:
+def read_yaml(path: str | os.PathLike, what: str, error: type[RobustfeatError]) -> Any:
+    """The parsed YAML of a ``what`` file (a grid, a study): one ``error`` when it is missing
+    or not YAML."""
     import yaml
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise GridError(f"grid file '{path}' does not exist")
+        raise error(f"{what} file '{path}' does not exist")
     try:
-        doc = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise GridError(f"grid file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_grid(doc, str(path))
+        raise error(f"{what} file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def read_grid(path: str | os.PathLike) -> Grid:
+    return parse_grid(read_yaml(path, "grid", GridError), str(path))
