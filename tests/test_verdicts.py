@@ -124,6 +124,15 @@ def _t_p(d, null=0.0, side="two-sided"):
     return {"two-sided": 2 * stats.t.sf(abs(t), df), "greater": stats.t.sf(t, df), "less": stats.t.cdf(t, df)}[side]
 
 
+def _in_domain_p(d, margin):
+    """The in-domain test's p by hand: TOST where the mean lies inside the margin band, else the
+    one-sided p of a difference beyond the margin on the mean's side."""
+    m = float(np.mean(d))
+    if abs(m) <= margin:
+        return max(_t_p(d, -margin, "greater"), _t_p(d, margin, "less"))
+    return _t_p(d, margin, "greater") if m > 0 else _t_p(d, -margin, "less")
+
+
 def _holm_by_hand(ps):
     order = sorted(range(len(ps)), key=lambda i: ps[i])
     out, running = [0.0] * len(ps), 0.0
@@ -150,7 +159,7 @@ def test_supported_contradicted_and_inconclusive_by_hand():
     # the six raw p-values by hand, and Holm over them
     raw = {}
     for m, (da, df) in PLAN.items():
-        raw[(m, "id_acc")] = max(_t_p(da, -0.02, "greater"), _t_p(da, 0.02, "less"))  # TOST at the 0.02 margin
+        raw[(m, "id_acc")] = _in_domain_p(da, 0.02)  # at the 0.02 margin
         raw[(m, "probe_forgetting")] = _t_p(df)
     keys = list(raw)
     adjusted = dict(zip(keys, _holm_by_hand([raw[k] for k in keys])))
@@ -176,7 +185,8 @@ def test_supported_contradicted_and_inconclusive_by_hand():
     hi95 = np.mean(da) + stats.t.ppf(0.975, 3) * np.std(da, ddof=1) / 2  # -0.0870 < -0.02
     assert lorfa_id.difference.high == pytest.approx(hi95, rel=1e-6) and hi95 < -0.02
     assert lorfa_id.verdict == "contradicted" and lorfa_id.direction == "worse"
-    assert "wholly below the margin band" in lorfa_id.sentence() and "clearly worse than lora" in lorfa_id.sentence()
+    assert "lies below the margin band" in lorfa_id.sentence() and "clearly worse than lora" in lorfa_id.sentence()
+    assert "p of a difference beyond the margin" in lorfa_id.sentence()
     assert by[("lorfa", "probe_forgetting")].verdict == "inconclusive"
 
     assert by[("full", "id_acc")].verdict == "inconclusive"
@@ -245,8 +255,8 @@ def test_perplexity_is_compared_by_its_relative_difference():
     assert {v.headline.key for v in sec.verdicts} == {"id_ppl"} and sec.family == 2
     c, h = by["lorfa"], by["vefa"]
     assert c.relative and c.margin == 0.05
-    p_c = max(_t_p(close, -0.05, "greater"), _t_p(close, 0.05, "less"))
-    p_h = max(_t_p(higher, -0.05, "greater"), _t_p(higher, 0.05, "less"))
+    p_c = _in_domain_p(close, 0.05)
+    p_h = _in_domain_p(higher, 0.05)  # outside the band: the one-sided test of a difference beyond +5%
     assert c.p == pytest.approx(p_c, rel=1e-6) and h.p == pytest.approx(p_h, rel=1e-6)
     assert c.difference.mean == pytest.approx(np.mean(close)) and h.difference.mean == pytest.approx(0.08)
     assert c.verdict == "supported"
@@ -328,3 +338,27 @@ def test_the_pdf_report_has_the_verdicts(tmp_path):
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     head = text[:text.index("What to conclude")]
     assert "Verdicts" in head and "supported" in head and "contradicted" in head and "inconclusive" in head
+
+
+def test_holm_decides_an_in_domain_contradiction_too():
+    # lorfa's ID accuracy lies 4 points below lora's, beyond the 2-point margin: the one-sided test of a
+    # difference beyond -0.02 is significant alone (p about 0.036) but not once Holm doubles it
+    d = [-0.03, -0.05, -0.025, -0.055]
+    p = _in_domain_p(d, 0.02)
+    t = (np.mean(d) + 0.02) / (np.std(d, ddof=1) / 2)
+    assert p == pytest.approx(stats.t.cdf(t, 3)) and 0.025 < p < 0.05
+    rows = []
+    for s in range(4):
+        rows += [acc(f"l{s}", "lora", s, LORA_ACC[s]), acc(f"r{s}", "lorfa", s, LORA_ACC[s] + d[s])]
+    [alone] = verdicts(pd.DataFrame(rows))
+    [v] = alone.verdicts
+    assert v.p == pytest.approx(p, rel=1e-6) and v.verdict == "contradicted" and v.direction == "worse"
+    noisy = [0.01, -0.01, 0.02, -0.02]  # a second method, equivalent or not: a second test in the family
+    for s in range(4):
+        rows.append(acc(f"v{s}", "vefa", s, LORA_ACC[s] + noisy[s]))
+    [sec] = verdicts(pd.DataFrame(rows))
+    v = next(x for x in sec.verdicts if x.method == "lorfa")
+    other = next(x for x in sec.verdicts if x.method == "vefa").p
+    assert sec.family == 2 and v.p_holm == pytest.approx(_holm_by_hand([p, other])[0], rel=1e-6)
+    assert v.p_holm > 0.05 and v.verdict == "inconclusive"
+    assert "a difference beyond the margin holds at p < 0.05 alone but not after Holm's correction" in v.sentence()

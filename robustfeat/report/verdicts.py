@@ -5,9 +5,12 @@ other method against ``lora``, paired by seed, on three claims:
   (TOST) of equivalence within a margin stated before the study runs. Accuracy is compared
   in its own units (default margin 0.02, two accuracy points); perplexity, lower is better,
   as the relative difference ``ppl / ppl_lora - 1`` per seed (default margin 0.05, 5%).
-  *supported* when equivalence is shown (Holm-adjusted TOST p < alpha); *contradicted* when
-  the 95% interval lies wholly outside the margin band (clearly better or clearly worse
-  beyond it: the sentence says which); otherwise *inconclusive*.
+  The test's p is the TOST p where the mean difference lies inside the margin band and,
+  where it lies outside, the one-sided p of a difference beyond the margin on that side;
+  *supported* when that p, Holm-adjusted, is below alpha with the mean inside (equivalence
+  shown), *contradicted* when it is with the mean outside (clearly better or clearly worse
+  beyond the margin: the sentence says which); otherwise *inconclusive*. Both verdicts rest
+  on the Holm-adjusted p, like every other claim's.
 * **more robust** (role ``robustness``, and effective robustness on the mean over OOD sets
   where the results have the reference line for it) and **forgets less** (role
   ``forgetting``): a two-sided paired t-test of method - lora; *supported* when the
@@ -108,16 +111,20 @@ class Verdict:
         alone = self.p < self.alpha <= self.p_holm
         if self.claim == "in-domain":
             what = f"{h.label} relative to {ref} ({h.metric} / {ref}'s - 1)" if self.relative else h.label
+            outside = self.margin is not None and abs(d.mean) > self.margin
+            test = "p of a difference beyond the margin" if outside else "TOST p"
             numbers = (f"{who}, {what}: {self.number(d.mean)} (95% {self.interval_text(d)}; 90% TOST "
                        f"{self.interval_text(self.tost90)}) over {self.n} paired seeds, margin {self.margin_text}, "
-                       f"TOST p = {p}, Holm p = {ph}")
+                       f"{test} = {p}, Holm p = {ph}")
             if self.verdict == "supported":
                 return f"{numbers}: equivalent to {ref} within the margin, a comparable in-domain score (supported)."
             if self.verdict == "contradicted":
                 side = "above" if d.mean > 0 else "below"
-                return (f"{numbers}: the 95% interval lies wholly {side} the margin band, so {who} is clearly "
-                        f"{self.direction} than {ref} beyond the margin (contradicted).")
-            why = (f"equivalence holds at p < {self.alpha:g} alone but not after Holm's correction" if alone
+                return (f"{numbers}: the difference lies {side} the margin band, significantly after Holm's "
+                        f"correction, so {who} is clearly {self.direction} than {ref} beyond the margin "
+                        "(contradicted).")
+            what_alone = "a difference beyond the margin" if outside else "equivalence"
+            why = (f"{what_alone} holds at p < {self.alpha:g} alone but not after Holm's correction" if alone
                    else "neither equivalence within the margin nor a difference beyond it is shown")
             return f"{numbers}: {why} (inconclusive)."
         says, contrary = _SAYS[self.claim]
@@ -150,8 +157,8 @@ class VerdictSection:
         return (f"Each method against {self.against}, paired by seed. Holm's correction runs over all "
                 f"{self.family} tests of {self.model} on {self.data} (every method and claim together); a verdict "
                 f"rests on the Holm-adjusted p < {self.alpha:g}. Comparable in-domain score: two one-sided tests "
-                "(TOST) of equivalence within the stated margin, contradicted where the 95% interval lies wholly "
-                "outside the margin band. More robust, forgets less: a two-sided paired t-test, supported when "
+                "(TOST) of equivalence within the stated margin where the mean difference lies inside it, a one-sided "
+                "test of a difference beyond the margin where it lies outside (contradicted when significant). More robust, forgets less: a two-sided paired t-test, supported when "
                 "significant in the better direction and contradicted when significant in the worse one.")
 
 
@@ -212,7 +219,11 @@ def _test(claim: str, method: str, h: Headline, mine: Mapping, ref: Mapping, aga
         reason = f"no equivalence margin is stated for {h.key}"
     if claim == "in-domain" and margin is not None:
         eq = tost(diffs, -margin, margin, bounds)
-        return _Test(claim, method, h, n, eq.interval95, math.nan if reason else eq.p, margin, relative,
+        p = eq.p
+        mean = eq.interval95.mean
+        if not reason and abs(mean) > margin:  # outside the band: is it beyond the margin, on that side?
+            p = paired_t_pvalue(diffs, margin if mean > 0 else -margin, "greater" if mean > 0 else "less")
+        return _Test(claim, method, h, n, eq.interval95, math.nan if reason else p, margin, relative,
                      eq, reason)
     p = math.nan if reason else paired_t_pvalue(diffs)
     return _Test(claim, method, h, n, over_seeds(diffs, bounds), p, margin, relative, None, reason)
@@ -223,14 +234,14 @@ def _decide(t: _Test, p_holm: float, alpha: float) -> tuple[str, str]:
     if t.reason or math.isnan(t.p):
         return "inconclusive", ""
     if t.claim == "in-domain":
-        if p_holm < alpha:
+        if not p_holm < alpha:
+            return "inconclusive", ""
+        mean = t.difference.mean
+        if abs(mean) <= (t.margin or 0.0):
             return "supported", ""
-        side = t.equivalence.outside() if t.equivalence is not None else 0
-        if side:
-            # relative perplexity: above the band is a higher (worse) perplexity, as for any lower-is-better metric
-            better = (side > 0) == t.headline.higher_is_better
-            return "contradicted", "better" if better else "worse"
-        return "inconclusive", ""
+        # relative perplexity: above the band is a higher (worse) perplexity, as for any lower-is-better metric
+        better = (mean > 0) == t.headline.higher_is_better
+        return "contradicted", "better" if better else "worse"
     if p_holm < alpha:
         better = (t.difference.mean > 0) == t.headline.higher_is_better
         return ("supported", "better") if better else ("contradicted", "worse")
