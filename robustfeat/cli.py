@@ -266,8 +266,16 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     command = " ".join(["robustfeat study", str(args.study), "--out", str(args.out),
                         *(["--backend", args.backend] if args.backend != "local" else []),
-                        *(["--families", args.families] if args.families else [])])
+                        *(["--families", args.families] if args.families else []),
+                        *(["--publish", args.publish] if args.publish else [])])
     made = write_outputs(spec, info["out"], info["record"], command=command, pdf=not args.no_pdf)
+    if args.publish and made:
+        from pathlib import Path
+
+        from robustfeat.study.outputs import publish
+
+        copied = publish(info["out"], Path(args.publish), spec)
+        print(f"published {len(copied)} files to {args.publish}")
     for name, fam in info["record"]["families"].items():
         times = "; ".join(f"{k} {v['machine_s'] / 60:.1f} min" for k, v in fam.get("stages", {}).items())
         print(f"{name}: chosen rates " + ", ".join(f"{a} {c['chosen']:g}" for a, c in fam["choices"].items())
@@ -398,6 +406,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     st.add_argument("--address", help="Ray cluster address (ray backend); default: start a local Ray instance")
     st.add_argument("--families", help="comma-separated families of the study file to run now (default: all)")
     st.add_argument("--no-pdf", action="store_true", help="write study.html only")
+    st.add_argument("--publish", metavar="DIR", help="copy the outputs (README, CSVs, figures, report, study file) "
+                                                   "to DIR, e.g. reports/study")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_study)
 

@@ -178,9 +178,16 @@ def test_a_rerun_recomputes_nothing(study):
     ckpts = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoints/*/robustfeat.json")}
     from robustfeat.cli import main
 
-    assert main(["study", str(root / "tiny.yaml"), "--out", str(out), "--no-progress", "--no-pdf"]) == 0
+    pub = root / "published"
+    assert main(["study", str(root / "tiny.yaml"), "--out", str(out), "--no-progress", "--no-pdf",
+                 "--publish", str(pub)]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("cells/*/*/*.json")} == cells
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoints/*/robustfeat.json")} == ckpts
+    # the published copy: the readers' files and the study file, no checkpoint or trial
+    assert sorted(p.relative_to(pub).as_posix() for p in pub.rglob("*") if p.is_file()) == [
+        "README.md", "figures/text-scale.png", "matched_gain.csv", "study.html", "study.json", "study.pdf",
+        "summary.csv", "text-scale.csv", "tiny.yaml", "verdicts.csv"]
+    assert (pub / "README.md").read_bytes() == (out / "README.md").read_bytes()
 
 
 @pytest.mark.parametrize("change, match", [

@@ -233,3 +233,29 @@ def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: 
         out["report_pdf"] = build_report(result_dirs, root / "study.pdf", labels=labels, title=title, margins=margins)
     out["readme"] = root / "README.md"
     return out
+
+
+#: what a study folder holds for its readers (copied by :func:`publish`); the checkpoints and
+#: the trials' results stay where the study ran
+PUBLISHED = ("README.md", "summary.csv", "verdicts.csv", "matched_gain.csv", "study.html", "study.pdf", "study.json")
+
+
+def publish(root: Path, dest: Path, spec: StudySpec) -> list[Path]:
+    """Copy the outputs of the study folder ``root`` (and its study file) into ``dest``, e.g.
+    a folder of the repository; returns the files written."""
+    dest.mkdir(parents=True, exist_ok=True)
+    names = [n for n in PUBLISHED if (root / n).is_file()]
+    names += sorted(p.name for p in root.glob("*-scale.csv"))
+    out = []
+    for n in names:
+        shutil.copyfile(root / n, dest / n)
+        out.append(dest / n)
+    for fig in sorted((root / "figures").glob("*.png")):
+        (dest / "figures").mkdir(exist_ok=True)
+        shutil.copyfile(fig, dest / "figures" / fig.name)
+        out.append(dest / "figures" / fig.name)
+    src = Path(spec.source)
+    if src.is_file() and src.resolve() != (dest / src.name).resolve():
+        shutil.copyfile(src, dest / src.name)
+        out.append(dest / src.name)
+    return out
