@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from robustfeat.study import StudyError, parse_study, run_study
-from robustfeat.study.stages import choose_rates, matched_ranks, tuning_trials
+from robustfeat.study.stages import choose_rates, extended, matched_ranks, tuning_trials
 
 TINY = {"families": {"text": {
     "model": "tiny-bert", "data": "rotten-tomatoes",
@@ -216,3 +216,28 @@ def test_a_study_of_linear_cannot_scale_it():
     doc = _doc(methods=["lora", "linear"], scale={"methods": ["lora", "linear"]})
     with pytest.raises(StudyError, match="'linear' has no fine-tuning update to scale"):
         parse_study(doc)
+
+
+def test_a_grid_grows_where_its_best_rate_lies_at_an_edge(tmp_path, monkeypatch):
+    assert extended((0.001, 0.003, 0.01), 0.01) == (0.001, 0.003, 0.01, 0.0333333)  # the grid's own step
+    assert extended((0.001, 0.003, 0.01), 0.001) == (0.000333333, 0.001, 0.003, 0.01)
+    assert extended((0.001, 0.003, 0.01), 0.003) == (0.001, 0.003, 0.01)
+    import robustfeat.study as study_mod
+    from robustfeat.study import run_family
+    from robustfeat.sweep.backends import get_backend
+
+    def best_is_the_largest(fam, trials, records):  # as if validation kept improving with the rate
+        out = choose_rates(fam, trials, records)
+        for c in out.values():
+            c["chosen"] = max(map(float, c["scores"]))
+        return out
+
+    monkeypatch.setattr(study_mod, "choose_rates", best_is_the_largest)
+    spec = parse_study(_doc(methods=["lora"]))
+    fam = spec.families[0]
+    info = run_family(spec, fam, tmp_path, get_backend("local"), progress=False, stages=("tuning",), log=lambda m: None)
+    rates = sorted(map(float, info["choices"]["lora"]["scores"]))
+    base = sorted(fam.rates["lora"])
+    assert len(rates) == 3 + fam.extend == 5 and rates[:3] == base  # grown twice, then stopped
+    assert rates[3] == pytest.approx(base[2] ** 2 / base[1], rel=1e-5) and rates[4] > rates[3]
+    assert len(list((tmp_path / "text" / "checkpoints").glob("*/robustfeat.json"))) == 5

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from robustfeat.study.spec import FamilySpec, StudyError, StudySpec, parse_study, read_study
-from robustfeat.study.stages import STAGES, Trial, choose_rates, matched_ranks, scale_trials, seed_trials, tuning_trials
+from robustfeat.study.stages import (STAGES, Trial, choose_rates, extended, matched_ranks, scale_trials, seed_trials,
+                                     tuning_trials)
 
 __all__ = ["StudyError", "StudySpec", "FamilySpec", "parse_study", "read_study", "run_study", "STAGES"]
 
@@ -79,12 +80,19 @@ def run_family(spec: StudySpec, fam: FamilySpec, out: Path, backend, progress: b
     matched = matched_ranks(fam, root / "matched.json")
     info: dict[str, Any] = {"model": fam.model, "data": fam.data, "arms": [a.name for a in fam.arms],
                             "matched_ranks": matched, "stages": {}}
-    tuning = tuning_trials(fam, matched)
     t0 = time.perf_counter()
-    log(f"[{fam.name}] tuning: {len(tuning)} fine-tunes ({len(fam.arms)} arms x their learning rates), "
-        f"seed {fam.tuning_seed}, picked on validation")
-    recs = _run_stage(tuning, root, backend, spec.resources, progress)
-    choices = choose_rates(fam, tuning, recs)
+    rates = dict(fam.rates)
+    for grown in range(fam.extend + 1):
+        tuning = tuning_trials(fam, matched, rates)
+        log(f"[{fam.name}] tuning: {len(tuning)} fine-tunes ({len(fam.arms)} arms x their learning rates"
+            + (f", grids grown {grown} times at their edges" if grown else "")
+            + f"), seed {fam.tuning_seed}, picked on validation")
+        recs = _run_stage(tuning, root, backend, spec.resources, progress)
+        choices = choose_rates(fam, tuning, recs)
+        wider = {a: extended(rates[a], c["chosen"]) for a, c in choices.items()}
+        if grown == fam.extend or wider == {a: tuple(sorted(r)) for a, r in rates.items()}:
+            break
+        rates = wider
     info["choices"] = choices
     info["stages"]["tuning"] = _stage_info(tuning, recs, time.perf_counter() - t0)
     if "seeds" in stages:

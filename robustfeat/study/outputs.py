@@ -120,13 +120,16 @@ def _family_md(fam: FamilySpec, info: dict[str, Any], verdicts: pd.DataFrame, su
     lines += ["### Learning rates, chosen on validation data", "",
               f"Each arm was fine-tuned at every rate of its grid on seed {fam.tuning_seed}; the rate with the best "
               "validation score (the fine-tuning data's validation split, never a test or shift result) was kept "
-              "for all seeds.", ""]
+              f"for all seeds. Where the best rate lay at an edge of the grid, the grid grew by one rate beyond it "
+              f"and the pick was made again (at most {fam.extend} times); \"(edge)\" marks a pick still at an edge.",
+              ""]
     rows = []
     for arm in fam.arms:
         c = info["choices"][arm.name]
         scores = ", ".join(f"{lr}: {_fmt(v)}" for lr, v in c["scores"].items())
         rows.append([arm.name, c["metric"] + (" (higher is better)" if c["higher_is_better"] else " (lower is better)"),
-                     scores, f"{c['chosen']:g}", str(info.get("trainable", {}).get(arm.name, "-"))])
+                     scores, f"{c['chosen']:g}" + (" (edge)" if c.get("at_edge") else ""),
+                     str(info.get("trainable", {}).get(arm.name, "-"))])
     lines += [_table_md(["arm", "validation metric", "candidates (lr: score)", "chosen lr", "trainable parameters"],
                         rows), ""]
     if info.get("matched_ranks"):

@@ -9,6 +9,7 @@ margins of the equivalence tests, all stated before anything runs.
         methods: [lora, lorfa, vefa, full, linear, ia3, vera, lora-matched]
         train: {max_examples: 2000, max_length: 64}      # TrainConfig fields for every run
         tuning: {seed: 0, factors: [0.3, 1, 3]}          # lr = factor x the method's default
+                                                         # (extend: 2, see below)
         seeds: [0, 1, 2, 3, 4]
         evaluate: {shifts: [clean, ood, embedding-geometry, linear-probe, cka, weights],
                    sizes: {ood: {examples: 1000}}}       # the seeds stage's bank
@@ -23,7 +24,9 @@ margins of the equivalence tests, all stated before anything runs.
 model (the budget-matched LoRA). An arm may also be a mapping ``{name: lora-r16, method:
 lora, train: {rank: 16}}``. Tuning may give explicit rates instead of factors:
 ``tuning: {lr: {lora: [1e-4, 3e-4, 1e-3]}}``; a grid must hold at least three rates spanning
-at least ten times.
+at least ten times. Where the best validation score lies at an edge of an arm's grid, the grid
+grows by one rate beyond that edge (the grid's own step) and the pick is made again, up to
+``extend`` times (default 2); a pick still at the edge then is reported as such.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 MIN_RATES, MIN_SPAN = 3, 10.0
 
 FAMILY_KEYS = {"model", "data", "methods", "train", "tuning", "seeds", "evaluate", "scale", "margins"}
-TUNING_KEYS = {"seed", "factors", "lr"}
+TUNING_KEYS = {"seed", "factors", "lr", "extend"}
+#: how many rates a grid may grow by, on the side where its best rate lies at the edge
+DEFAULT_EXTEND = 2
 SCALE_KEYS = {"alphas", "methods", "evaluate"}
 
 
@@ -70,6 +75,7 @@ class FamilySpec:
     train: dict[str, Any]
     tuning_seed: int
     rates: dict[str, tuple[float, ...]]  # arm -> learning rates to try
+    extend: int  # rates each grid may grow by where its best rate lies at its edge
     seeds: tuple[int, ...]
     evaluate: dict[str, Any]
     alphas: tuple[float, ...]
@@ -219,7 +225,10 @@ def parse_family(name: str, doc: Any, source: str) -> FamilySpec:
     for w, ev in (("evaluate", evaluate), ("scale.evaluate", scale_evaluate)):
         if "scales" in ev:
             raise StudyError(f"{where}.{w}: the scales come from scale.alphas")
-    return FamilySpec(name, doc["model"], doc["data"], arms, train, tuning_seed, _rates(tuning, arms, where),
+    extend = tuning.get("extend", DEFAULT_EXTEND)
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise StudyError(f"{where}.tuning.extend must be a whole number >= 0, got {extend!r}")
+    return FamilySpec(name, doc["model"], doc["data"], arms, train, tuning_seed, _rates(tuning, arms, where), extend,
                       tuple(seeds), evaluate, alphas, tuple(scale_arms), scale_evaluate,
                       {k: float(v) for k, v in margins.items()})
 

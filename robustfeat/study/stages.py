@@ -108,9 +108,22 @@ def _adapter_count(fam: FamilySpec, arm: Arm, extra: dict[str, Any]) -> int:
     return sum(p.numel() for n, p in handle.model.named_parameters() if p.requires_grad and not under_modules(n, head))
 
 
-def tuning_trials(fam: FamilySpec, matched: dict[str, int]) -> list[Trial]:
+def tuning_trials(fam: FamilySpec, matched: dict[str, int],
+                  rates: dict[str, tuple[float, ...]] | None = None) -> list[Trial]:
+    rates = rates or fam.rates
     return [Trial("tuning", arm.name, _spec(fam, arm, fam.tuning_seed, lr, None, matched))
-            for arm in fam.arms for lr in fam.rates[arm.name]]
+            for arm in fam.arms for lr in rates[arm.name]]
+
+
+def extended(rates: tuple[float, ...], chosen: float) -> tuple[float, ...]:
+    """The grid grown by one rate beyond the edge where ``chosen`` lies (the step between the
+    edge and its neighbour, on a log scale); the same grid where it lies inside."""
+    r = sorted(rates)
+    if chosen == r[-1]:
+        return (*r, float(f"{r[-1] * r[-1] / r[-2]:.6g}"))
+    if chosen == r[0]:
+        return (float(f"{r[0] * r[0] / r[1]:.6g}"), *r)
+    return tuple(r)
 
 
 def choose_rates(fam: FamilySpec, trials: list[Trial], records: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -131,8 +144,9 @@ def choose_rates(fam: FamilySpec, trials: list[Trial], records: dict[str, dict])
         import math
 
         best = min(scores, key=lambda lr: ((scores[lr] if lower else -scores[lr]), abs(math.log(lr / default)), lr))
+        edge = best in (min(scores), max(scores))
         out[arm.name] = {"metric": metric, "higher_is_better": not lower, "scores": {f"{k:g}": v for k, v in sorted(scores.items())},
-                         "chosen": best, "seed": fam.tuning_seed}
+                         "chosen": best, "seed": fam.tuning_seed, "at_edge": edge}
     return out
 
 
