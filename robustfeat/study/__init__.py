@@ -85,7 +85,7 @@ def run_family(spec: StudySpec, fam: FamilySpec, out: Path, backend, progress: b
     for grown in range(fam.extend + 1):
         tuning = tuning_trials(fam, matched, rates)
         log(f"[{fam.name}] tuning: {len(tuning)} fine-tunes ({len(fam.arms)} arms x their learning rates"
-            + (f", grids grown {grown} times at their edges" if grown else "")
+            + (f", grids grown at their edges {'once' if grown == 1 else f'{grown} times'}" if grown else "")
             + f"), seed {fam.tuning_seed}, picked on validation")
         recs = _run_stage(tuning, root, backend, spec.resources, progress)
         choices = choose_rates(fam, tuning, recs)
