@@ -162,8 +162,11 @@ def test_a_killed_study_resumes_to_the_same_numbers(study, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_study(parse_study(TINY), tmp_path / "out", progress=False, log=lambda m: None)
     assert not (tmp_path / "out" / "summary.csv").exists()
-    monkeypatch.setattr(run_mod, "_run", real)
+    rerun = []
+    monkeypatch.setattr(run_mod, "_run", lambda spec, out: rerun.append(spec.key) or real(spec, out))
     again = run_study(parse_study(TINY), tmp_path / "out", progress=False, log=lambda m: None)
+    # the 13 finished trials were kept; only the killed one and the 7 after it ran (9 + 6 + 6 in all)
+    assert len(rerun) == 21 - 13 and not set(rerun) & set(calls[:13])
     first = info["out"]
     for name in ("summary.csv", "verdicts.csv", "text-scale.csv"):
         assert (again["out"] / name).read_bytes() == (first / name).read_bytes(), name
