@@ -244,3 +244,62 @@ def test_a_grid_grows_where_its_best_rate_lies_at_an_edge(tmp_path, monkeypatch)
     assert len(rates) == 3 + fam.extend == 5 and rates[:3] == base  # grown twice, then stopped
     assert rates[3] == pytest.approx(base[2] ** 2 / base[1], rel=1e-5) and rates[4] > rates[3]
     assert len(list((tmp_path / "text" / "checkpoints").glob("*/robustfeat.json"))) == 5
+
+
+def _curve_table(rows):
+    return pd.DataFrame(rows, columns=["arm", "model", "data", "seed", "alpha", "id_acc", "geometry"])
+
+
+def test_matched_gain_hand_worked_over_a_shared_base():
+    """Gains are measured from one base per seed shared by every arm (the head-only arm's
+    score), not from each arm's own alpha 0: an arm whose alpha 0 is far below (a full
+    fine-tune's co-adapted head on the frozen body) must be read where it reaches the same
+    in-domain score as the others."""
+    from robustfeat.study.curves import base_scores, matched_gain, with_gain
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.01)):
+        # lora: 0.70 -> 0.80, geometry 1 -> 0.8; full: 0.50 -> 0.90, geometry 1 -> 0.2
+        rows += [("lora", "m", "d", seed, 0.0, 0.70 + shift, 1.0), ("lora", "m", "d", seed, 1.0, 0.80 + shift, 0.8),
+                 ("full", "m", "d", seed, 0.0, 0.50 + shift, 1.0), ("full", "m", "d", seed, 1.0, 0.90 + shift, 0.2)]
+    table = _curve_table(rows)
+    base = {0: 0.74, 1: 0.75}  # the linear probe of each seed
+    g = with_gain(table, base)
+    assert g.loc[(g.arm == "full") & (g.alpha == 0.0), "gain"].round(6).tolist() == [-0.24, -0.24]
+    target, m = matched_gain(table, base=base)
+    # mean gains at alpha 1: lora 0.06, full 0.16 -> target 0.06, i.e. score 0.80 (+ shift)
+    assert target == pytest.approx(0.06)
+    geo = m[m.headline == "geometry"].set_index("arm")
+    # lora reaches it at alpha 1 (0.8); full at alpha 0.75 (score 0.5 + 0.75 * 0.4 = 0.8): 1 - 0.75 * 0.8 = 0.4
+    assert geo.loc["lora", "mean"] == pytest.approx(0.8)
+    assert geo.loc["full", "mean"] == pytest.approx(0.4)
+    assert geo.loc["full", "diff_vs_lora"] == pytest.approx(-0.4) and geo.loc["full", "seeds"] == 2
+    # a curve that starts at or above the gain (its head alone gains that much) is read at its start
+    high = table.copy()
+    high.loc[(high.arm == "lora") & (high.seed == 1) & (high.alpha == 0.0), "id_acc"] = 0.83
+    _, m2 = matched_gain(high, base=base)
+    geo2 = m2[m2.headline == "geometry"].set_index("arm")
+    assert geo2.loc["lora", "seeds"] == 2 and geo2.loc["lora", "mean"] == pytest.approx((0.8 + 1.0) / 2)
+    # measured from each arm's own alpha 0 instead: target 0.1, full read at alpha 0.25 (geometry 0.8)
+    _, own = matched_gain(table)
+    assert own[(own.headline == "geometry") & (own.arm == "full")]["mean"].iloc[0] == pytest.approx(0.8)
+
+
+def test_the_base_of_the_gain_is_an_arms_seeds_stage_score_per_seed(study):
+    from robustfeat.study.curves import base_scores
+    from robustfeat.study.outputs import family_frame
+
+    _, info = study
+    out, fam = info["out"], info["record"]["families"]["text"]
+    frame = family_frame(out, fam)
+    got = base_scores(frame, "vefa", "id_acc")
+    assert sorted(got) == [0, 1]
+    for rel, arm in fam["results"].items():
+        if arm != "vefa":
+            continue
+        rows = _frame(out, rel)
+        clean = rows[(rows.evaluation == "clean") & (rows.metric == "accuracy") & (rows.reference.isna())]
+        seed = int(clean["seed"].iloc[0])
+        assert got[seed] == pytest.approx(float(clean["value"].iloc[0]))
+    assert base_scores(frame, "linear", "id_acc") == {}  # no head-only arm: each arm's alpha 0 is the base
+    assert base_scores(frame, "vefa", None) == {}

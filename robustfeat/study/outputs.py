@@ -99,7 +99,7 @@ def _table_md(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _family_md(fam: FamilySpec, info: dict[str, Any], verdicts: pd.DataFrame, summary: pd.DataFrame,
-               gain: float, matched: pd.DataFrame, figure: str | None) -> str:
+               gain: float, matched: pd.DataFrame, figure: str | None, head_base: bool = False) -> str:
     lines = [f"## {fam.name}: {fam.model} on {fam.data} ({info.get('family', '')})", ""]
     seeds = ", ".join(map(str, fam.seeds))
     lines += [f"Arms: {', '.join(a.name for a in fam.arms)}; seeds {seeds}; every verdict is paired by seed "
@@ -149,9 +149,14 @@ def _family_md(fam: FamilySpec, info: dict[str, Any], verdicts: pd.DataFrame, su
                   "VeFA: lam -> 1 + alpha (lam - 1); full: theta0 + alpha (theta - theta0)), on "
                   f"{', '.join(fam.scale_evaluate.get('shifts') or ['the bank'])}.", ""]
     if not matched.empty:
-        lines += [f"Matched-gain reading: forgetting at the in-domain gain {gain:.4g} over the base (the smallest "
-                  "of the arms' mean gains at alpha 1, so every arm reaches it), interpolated along each seed's curve:",
-                  ""]
+        over = (f"over `{REFERENCE_ARM}` of the same seed (the pretrained features with a trained head: a "
+                "classifier's alpha 0 keeps the arm's own head, which a full fine-tune trained on a moving body)"
+                if head_base else "over the base model (alpha 0, the same model for every arm)")
+        lines += [f"Matched-gain reading: forgetting at the in-domain gain {gain:.4g} {over}. That gain is the "
+                  "smallest of the arms' mean gains at alpha 1, so every arm reaches it on average; each seed's "
+                  "value is interpolated along its curve, and a seed whose curve never reaches the gain is left "
+                  "out (the seeds column); one whose curve starts at or above it (its head alone gains that much) "
+                  "is read at alpha 0:", ""]
         rows = [[r["arm"], r["label"], f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
                  str(r["seeds"]), "" if r["arm"] == "lora" else
                  f"{_signed(r['diff_vs_lora'])} [{_signed(r['diff_low'])}, {_signed(r['diff_high'])}]"]
@@ -184,7 +189,7 @@ def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: 
     """Write every output of the families whose seeds stage finished; returns their paths."""
     from robustfeat.report import build_report
     from robustfeat.report.verdicts import verdict_table
-    from robustfeat.study.curves import matched_gain, plot_curves, scale_table
+    from robustfeat.study.curves import base_scores, in_domain_key, matched_gain, plot_curves, scale_table
 
     sections, summaries, verdict_frames, gains, result_dirs, labels = [], [], [], [], [], {}
     margins: dict[str, float] = {}
@@ -195,16 +200,18 @@ def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: 
         frame = family_frame(root, info)
         v = verdict_table(frame, margins=fam.margins)
         s = pd.DataFrame(summary_rows(fam, info, frame), columns=SUMMARY_COLUMNS)
-        figure, gain, matched = None, math.nan, pd.DataFrame()
+        figure, gain, matched, base = None, math.nan, pd.DataFrame(), {}
         if info.get("scale_results"):
             table = scale_table({str(root / rel): arm for rel, arm in info["scale_results"].items()})
             table.to_csv(root / f"{fam.name}-scale.csv", index=False, float_format="%.6g")
             figure = f"figures/{fam.name}-scale.png"
-            plot_curves(table, root / figure, f"{fam.name}: {fam.model} on {fam.data}")
-            gain, matched = matched_gain(table)
+            base = base_scores(frame, REFERENCE_ARM, in_domain_key(table))
+            base_name = f"{REFERENCE_ARM} (same seed)" if base else "alpha 0"
+            plot_curves(table, root / figure, f"{fam.name}: {fam.model} on {fam.data}", base, base_name)
+            gain, matched = matched_gain(table, base=base)
             if not matched.empty:
                 gains.append(matched.assign(study_family=fam.name))
-        sections.append(_family_md(fam, info, v, s, gain, matched, figure))
+        sections.append(_family_md(fam, info, v, s, gain, matched, figure, bool(base)))
         summaries.append(s)
         verdict_frames.append(v.assign(study_family=fam.name))
         margins.update(fam.margins)
