@@ -156,6 +156,8 @@ def test_supported_contradicted_and_inconclusive_by_hand():
     assert sec.against == "lora" and sec.family == 6  # 3 methods x (ID acc, probe forgetting), all in one family
     by = {(v.method, v.headline.key): v for v in sec.verdicts}
     assert set(by) == {(m, k) for m in PLAN for k in ("id_acc", "probe_forgetting")}
+    # the methods the claim is about come first, the baselines after them
+    assert list(dict.fromkeys(v.method for v in sec.verdicts)) == ["lorfa", "vefa", "full"]
     # the six raw p-values by hand, and Holm over them
     raw = {}
     for m, (da, df) in PLAN.items():

@@ -47,6 +47,8 @@ DEFAULT_MARGINS: dict[str, float] = {"id_acc": 0.02, "id_ppl": 0.05}
 #: in-domain metrics compared as the relative difference value / reference - 1 (ratio metrics)
 RELATIVE_METRICS = ("perplexity",)
 ALPHA = 0.05
+#: the methods the claim is about: listed first, the baselines after them
+UNDER_TEST = ("lorfa", "vefa")
 VERDICTS = ("supported", "contradicted", "inconclusive")
 
 #: effective robustness as a robustness headline: per seed, on the mean over OOD sets
@@ -273,7 +275,7 @@ def verdicts(frame: pd.DataFrame, margins: Mapping[str, float] | None = None, al
     er = _effective_by_seed(frame) if effective else {}
     out = []
     for (model, data), part in ps.groupby(["model", "data"], sort=True):
-        methods = tuple(sorted(part.method.unique()))
+        methods = tuple(sorted(part.method.unique(), key=lambda m: (m not in UNDER_TEST, m)))
         if AGAINST not in methods:
             continue
         ref = part[part.method == AGAINST].set_index("seed")

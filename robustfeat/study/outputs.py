@@ -69,7 +69,12 @@ def with_reference(frame: pd.DataFrame, arm: str) -> pd.DataFrame:
 def summary_rows(fam: FamilySpec, info: dict[str, Any], frame: pd.DataFrame) -> list[dict]:
     """Per arm and headline: the mean over seeds with its 95% interval, and the paired
     difference to lora over the seeds both have."""
+    from robustfeat.report.verdicts import UNDER_TEST
+
     table = headline_table(frame)
+    table = table.iloc[sorted(range(len(table)), key=lambda i: (table["method"].iloc[i] != "lora",
+                                                                 table["method"].iloc[i] not in UNDER_TEST,
+                                                                 table["method"].iloc[i]))]
     ps = per_seed(frame)
     ref = ps[ps.method == "lora"].set_index("seed")
     rows = []
