@@ -260,14 +260,15 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     spec = read_study(args.study)
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    info = run_study(spec, args.out, backend=args.backend, address=args.address, families=families,
-                     progress=not args.no_progress, outputs=False, log=lambda m: print(m, flush=True))
-    from robustfeat.study.outputs import write_outputs
-
     command = " ".join(["robustfeat study", str(args.study), "--out", str(args.out),
                         *(["--backend", args.backend] if args.backend != "local" else []),
                         *(["--families", args.families] if args.families else []),
                         *(["--publish", args.publish] if args.publish else [])])
+    info = run_study(spec, args.out, backend=args.backend, address=args.address, families=families,
+                     progress=not args.no_progress, outputs=False, log=lambda m: print(m, flush=True),
+                     command=command)
+    from robustfeat.study.outputs import write_outputs
+
     made = write_outputs(spec, info["out"], info["record"], command=command, pdf=not args.no_pdf)
     if args.publish and made:
         from pathlib import Path

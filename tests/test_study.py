@@ -191,6 +191,11 @@ def test_a_rerun_recomputes_nothing(study):
         "README.md", "figures/text-scale.png", "matched_gain.csv", "study.html", "study.json", "study.pdf",
         "summary.csv", "text-scale.csv", "tiny.yaml", "verdicts.csv"]
     assert (pub / "README.md").read_bytes() == (out / "README.md").read_bytes()
+    # every run that went over the family is on record, with its command, and named in the README
+    runs = json.loads((out / "study.json").read_text())["families"]["text"]["runs"]
+    assert [r["command"] for r in runs][-1] == (f"robustfeat study {root / 'tiny.yaml'} --out {out} "
+                                                f"--publish {pub}")
+    assert len(runs) >= 2 and f"`{runs[-1]['command']}`" in (pub / "README.md").read_text()
 
 
 @pytest.mark.parametrize("change, match", [

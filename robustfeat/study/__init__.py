@@ -134,10 +134,11 @@ def _stage_info(trials: list[Trial], records: dict[str, dict], wall: float) -> d
 
 def run_study(study: str | os.PathLike | StudySpec, out: str | os.PathLike, backend: str = "local",
               address: str | None = None, families: list[str] | None = None, progress: bool = True,
-              outputs: bool = True, log=print) -> dict[str, Any]:
+              outputs: bool = True, log=print, command: str | None = None) -> dict[str, Any]:
     """Run the study's stages (skipping finished trials) and write its outputs into ``out``:
-    ``study.json`` (choices, counts, machine time), and with ``outputs`` the verdicts,
-    ``summary.csv``, the figures, ``README.md`` and the report."""
+    ``study.json`` (choices, counts, machine time, and per family the ``command`` of every run
+    that went over it), and with ``outputs`` the verdicts, ``summary.csv``, the figures,
+    ``README.md`` and the report."""
     from robustfeat.sweep.backends import get_backend
 
     spec = study if isinstance(study, StudySpec) else read_study(study)
@@ -158,7 +159,13 @@ def run_study(study: str | os.PathLike | StudySpec, out: str | os.PathLike, back
     record.setdefault("families", {})
     record["source"] = str(spec.source)
     for fam in chosen:
-        record["families"][fam.name] = run_family(spec, fam, root, runner, progress, log=log)
+        runs = list(record["families"].get(fam.name, {}).get("runs", []))
+        info = run_family(spec, fam, root, runner, progress, log=log)
+        stages = info.get("stages", {})
+        info["runs"] = runs + [{"command": command or "run_study(...)",
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "wall_s": round(sum(v.get("wall_s_this_run", 0.0) for v in stages.values()), 1)}]
+        record["families"][fam.name] = info
         _write_json(record_path, record)
     info = {"out": root, "record": record}
     if outputs:

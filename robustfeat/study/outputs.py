@@ -168,6 +168,10 @@ def _family_md(fam: FamilySpec, info: dict[str, Any], verdicts: pd.DataFrame, su
                 for _, r in matched.iterrows()]
         lines += [_table_md(["arm", "forgetting metric", "at matched gain [95% CI]", "seeds", "minus lora [95% CI]"],
                             rows), ""]
+    if info.get("runs"):
+        lines += ["Built up over these runs (a rerun skips every finished trial; wall time of the stages in "
+                  "that run):", ""] + [f"- `{r['command']}` (finished {r['finished']}, {r['wall_s'] / 60:.1f} min)"
+                                       for r in info["runs"]] + [""]
     st = info.get("stages", {})
     if st:
         lines += ["Machine time (the seconds each trial took when it ran, summed): " + "; ".join(
