@@ -1,0 +1,213 @@
+"""Taking a finished run to the tools people already use: ``export_run(RUN, to="peft", out=DIR)``
+writes the folder PEFT's own ``save_pretrained`` writes (PEFT writes it: the adapter is rebuilt
+as a PEFT model over the run's base and saved by PEFT), so ``PeftModel.from_pretrained(base,
+DIR)`` gives the run's outputs.
+
+Each method says how it becomes a PEFT tuner (:data:`PEFT_FORMS`):
+
+* ``lora`` -> PEFT LoRA, the same A, B and scaling;
+* ``lorfa`` -> PEFT LoRA, exactly: W0 (I + s B A) = W0 + s (W0 B) A, so ``lora_A = A`` and
+  ``lora_B = W0 B`` (d_out x r); only on layers whose weight is one matrix (linear, Conv1D);
+* ``vefa`` (no shift) -> PEFT IA3 with every target in ``feedforward_modules`` (input
+  scaling, W0 diag(lam)); a shift has no PEFT form and is refused;
+* ``ia3``, ``vera`` -> their own PEFT configs (robustfeat runs them through PEFT already);
+* ``full``, ``linear`` -> refused: there is no adapter to export.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustfeat.errors import RobustfeatError, UnsupportedError
+
+#: the PEFT task type of each model family (None: PEFT's plain model)
+TASK_TYPES = {"text-classifier": "SEQ_CLS", "causal-lm": "CAUSAL_LM", "image-classifier": None}
+
+
+@dataclass(frozen=True)
+class PeftForm:
+    """How one method's trained layers become a PEFT tuner: ``config(adapter, targets,
+    transposed)`` gives the PEFT config, ``tensors(layer)`` the PEFT layer's parameters by
+    their PEFT names (adapter name ``default``)."""
+
+    config: Callable[[dict[str, Any], list[str], bool], Any]
+    tensors: Callable[[nn.Module], dict[str, torch.Tensor]]
+
+
+PEFT_FORMS: dict[str, PeftForm] = {}
+
+
+def peft_form(method: str) -> Callable[[PeftForm], PeftForm]:
+    def add(form: PeftForm) -> PeftForm:
+        PEFT_FORMS[method] = form
+        return form
+    return add
+
+
+def _matrix_weight(layer: nn.Module, path: str) -> torch.Tensor:
+    """The base layer's weight as the (d_out, d_in) matrix it applies; refused for a
+    convolution, whose LoRFA has no exact PEFT LoRA form."""
+    w = layer.kind.as_oik(layer.base_layer.weight.detach())  # (d_out, d_in, kernel elements)
+    if w.shape[2] != 1:
+        raise UnsupportedError(f"'{path}' is a {layer.kind.name} layer: its LoRFA mixes the input per kernel tap, which "
+                               "PEFT's LoRA cannot express exactly; export it with --to merged")
+    return w[:, :, 0]
+
+
+def _lora_config(adapter: dict[str, Any], targets: list[str], transposed: bool) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=adapter["rank"], lora_alpha=adapter["alpha"], lora_dropout=adapter.get("dropout") or 0.0,
+                      target_modules=targets, fan_in_fan_out=transposed)
+
+
+peft_form("lora")(PeftForm(_lora_config, lambda layer: {
+    "lora_A.default.weight": layer.lora_A.detach().flatten(1) if layer.lora_A.dim() > 2 else layer.lora_A.detach(),
+    "lora_B.default.weight": layer.lora_B.detach()}))
+
+
+def _lorfa_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    w0 = _matrix_weight(layer, getattr(layer, "_export_path", "a layer"))
+    return {"lora_A.default.weight": layer.lorfa_A.detach(),
+            "lora_B.default.weight": w0 @ layer.lorfa_B.detach().to(w0.dtype)}
+
+
+peft_form("lorfa")(PeftForm(_lora_config, _lorfa_tensors))
+
+
+def _vefa_config(adapter: dict[str, Any], targets: list[str], transposed: bool) -> Any:
+    from peft import IA3Config
+
+    if adapter.get("shift"):
+        raise UnsupportedError("this vefa run learned a shift (x -> lam * x + t), which PEFT's IA3 has no place for; "
+                               "export it with --to merged")
+    return IA3Config(target_modules=targets, feedforward_modules=targets, fan_in_fan_out=transposed)
+
+
+peft_form("vefa")(PeftForm(_vefa_config, lambda layer: {"ia3_l.default": layer.vefa_lam.detach()}))
+
+
+def _bridge_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """A layer robustfeat runs through PEFT already: its own trained tensors."""
+    return {n: p.detach() for n, p in layer.named_parameters() if ".default" in n and p.requires_grad}
+
+
+def _bridge_config(method: str) -> Callable[[dict[str, Any], list[str], bool], Any]:
+    def config(adapter: dict[str, Any], targets: list[str], transposed: bool) -> Any:
+        from robustfeat.adapters.config import AdapterConfig
+        from robustfeat.registry import ADAPTERS
+
+        fields = {k: adapter[k] for k in ("rank", "dropout", "seed") if adapter.get(k) is not None}
+        cfg = AdapterConfig(method=method, target_modules=targets, **fields)
+        regex = "(?:" + "|".join(_escape(t) for t in targets) + ")"
+        return ADAPTERS.get(method).peft_config(cfg, regex, transposed)
+    return config
+
+
+def _escape(path: str) -> str:
+    import re
+
+    return re.escape(path)
+
+
+for _m in ("ia3", "vera"):
+    peft_form(_m)(PeftForm(_bridge_config(_m), _bridge_tensors))
+
+
+def _adapted_layers(model: nn.Module, method: str) -> dict[str, nn.Module]:
+    from robustfeat.adapters.base import AdapterLayer
+
+    if method in ("ia3", "vera"):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return {n: m for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_name: str | None = None):
+    """A PEFT model over a copy of ``model``'s base, holding ``model``'s trained adapter (and
+    head, as PEFT's ``modules_to_save``); ``model`` itself is not changed."""
+    from peft import get_peft_model
+
+    from robustfeat.adapters.model import remove_adapters
+
+    method = adapter["method"]
+    if method in ("full", "linear"):
+        raise UnsupportedError(f"a {method} run has no adapter to export to PEFT (it changes the model's own weights); "
+                               "export it with --to merged")
+    form = PEFT_FORMS.get(method)
+    if form is None:
+        raise UnsupportedError(f"method '{method}' has no PEFT form; the methods with one: {', '.join(sorted(PEFT_FORMS))}")
+    layers = _adapted_layers(model, method)
+    if not layers:
+        raise RobustfeatError(f"the model holds no {method} layer to export")
+    from robustfeat.adapters.layers import layer_kind
+
+    kinds = set()
+    for path, layer in layers.items():
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
+        kinds.add(layer_kind(base).name)
+        layer._export_path = path  # named in a refusal
+    tensors = {path: form.tensors(layer) for path, layer in layers.items()}
+    cfg = form.config(adapter, sorted(layers), kinds == {"conv1d-transposed"})
+    cfg.task_type = TASK_TYPES.get(family)
+    head = list(adapter.get("modules_to_save") or [])
+    if head:
+        cfg.modules_to_save = head
+    base = remove_adapters(copy.deepcopy(model))  # the trained head stays: PEFT copies it into modules_to_save
+    peft_model = get_peft_model(base, cfg)
+    inner = peft_model.base_model.model
+    with torch.no_grad():
+        for path, named in tensors.items():
+            target = dict(inner.get_submodule(path).named_parameters())
+            for name, value in named.items():
+                if name not in target:
+                    raise RobustfeatError(f"PEFT's {cfg.peft_type} layer at '{path}' has no tensor '{name}'")
+                target[name].copy_(value.reshape(target[name].shape).to(target[name].dtype))
+    if base_name:
+        peft_model.peft_config["default"].base_model_name_or_path = base_name
+    return peft_model
+
+
+def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike | None = None,
+               overwrite: bool = False) -> Path:
+    """Write the finished run at ``path`` as ``to`` into ``out`` (a new folder; ``overwrite``
+    replaces one). The folder appears whole or not at all."""
+    if to != "peft":
+        raise RobustfeatError(f"unknown export format '{to}'; give --to peft")
+    if out is None:
+        raise RobustfeatError("give --out DIR, the folder to write the export into")
+    dest = Path(out)
+    if dest.exists() and not overwrite:
+        raise RobustfeatError(f"'{dest}' already exists; give another --out or --overwrite to replace it")
+    from robustfeat.train.loop import load_run
+
+    handle, _, raw = load_run(path)
+    model = handle.model
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedError(f"'{path}' is a {type(model).__name__} model, not a transformers one; export to PEFT "
+                               "needs a transformers model")
+    peft_model = to_peft_model(model, raw["adapter"], raw["model"]["family"], raw["model"]["name"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no embedding is adapted: no hub lookup
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
