@@ -255,6 +255,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from robustfeat.export import export_run
+
+    out = export_run(args.run, to=args.to, out=args.out, overwrite=args.overwrite)
+    print(f"exported {args.run} as {args.to}: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from robustfeat.study import read_study, run_study
 
@@ -411,6 +419,13 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
                                                    "to DIR, e.g. reports/study")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_study)
+
+    ex = sub.add_parser("export", help="write a finished run in another tool's format (PEFT)")
+    ex.add_argument("run", help="a finished run folder (robustfeat finetune)")
+    ex.add_argument("--to", default="peft", choices=["peft"], help="the format: peft (PeftModel.from_pretrained)")
+    ex.add_argument("--out", required=True, help="the folder to write (new; --overwrite replaces one)")
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ex.set_defaults(func=cmd_export)
 
     qs = sub.add_parser("quickstart", help="the whole story on real models and data: fine-tune, evaluate, report")
     qs.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart; rerun to resume)")

@@ -134,9 +134,35 @@ def _adapted_layers(model: nn.Module, method: str) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
 
 
+#: the file, beside a backbone's export, with the weights of robustfeat's own head around it
+HEAD_FILE = "robustfeat_head.safetensors"
+
+
+def backbone(model: nn.Module) -> str:
+    """What PEFT is to wrap inside ``model``: the attribute of its one transformers child when
+    ``model`` is a robustfeat wrapper around one (MiniLM's mean-pooled classifier keeps its
+    encoder at ``encoder`` and its own head beside it), else ``""``: the whole model (a
+    transformers model, or a plain torch one, which PEFT wraps as it is)."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return ""
+    inner = [n for n, m in model.named_children() if isinstance(m, PreTrainedModel)]
+    return inner[0] if len(inner) == 1 else ""
+
+
+def head_state(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` outside its transformers part at ``prefix`` (robustfeat's own
+    head), by their names in ``model``; empty when ``model`` is a transformers model."""
+    if not prefix:
+        return {}
+    return {n: t.detach().contiguous() for n, t in model.state_dict().items() if not n.startswith(prefix + ".")}
+
+
 def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_name: str | None = None):
-    """A PEFT model over a copy of ``model``'s base, holding ``model``'s trained adapter (and
-    head, as PEFT's ``modules_to_save``); ``model`` itself is not changed."""
+    """A PEFT model over a copy of ``model``'s transformers base (see :func:`backbone`),
+    holding ``model``'s trained adapter and, for a transformers model, its head as PEFT's
+    ``modules_to_save``; ``model`` itself is not changed."""
     from peft import get_peft_model
 
     from robustfeat.adapters.model import remove_adapters
@@ -148,9 +174,15 @@ def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_n
     form = PEFT_FORMS.get(method)
     if form is None:
         raise UnsupportedError(f"method '{method}' has no PEFT form; the methods with one: {', '.join(sorted(PEFT_FORMS))}")
+    prefix = backbone(model)
     layers = _adapted_layers(model, method)
     if not layers:
         raise RobustfeatError(f"the model holds no {method} layer to export")
+    if prefix:
+        outside = sorted(p for p in layers if not p.startswith(prefix + "."))
+        if outside:
+            raise UnsupportedError(f"adapted layers outside the transformers model at '{prefix}': {', '.join(outside)}")
+        layers = {p[len(prefix) + 1:]: m for p, m in layers.items()}
     from robustfeat.adapters.layers import layer_kind
 
     kinds = set()
@@ -160,12 +192,12 @@ def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_n
         layer._export_path = path  # named in a refusal
     tensors = {path: form.tensors(layer) for path, layer in layers.items()}
     cfg = form.config(adapter, sorted(layers), kinds == {"conv1d-transposed"})
-    cfg.task_type = TASK_TYPES.get(family)
+    cfg.task_type = None if prefix else TASK_TYPES.get(family)  # a bare backbone has no task head
     head = list(adapter.get("modules_to_save") or [])
-    if head:
+    if head and not prefix:
         cfg.modules_to_save = head
     base = remove_adapters(copy.deepcopy(model))  # the trained head stays: PEFT copies it into modules_to_save
-    peft_model = get_peft_model(base, cfg)
+    peft_model = get_peft_model(base.get_submodule(prefix) if prefix else base, cfg)
     inner = peft_model.base_model.model
     with torch.no_grad():
         for path, named in tensors.items():
@@ -194,16 +226,17 @@ def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike
 
     handle, _, raw = load_run(path)
     model = handle.model
-    from transformers import PreTrainedModel
-
-    if not isinstance(model, PreTrainedModel):
-        raise UnsupportedError(f"'{path}' is a {type(model).__name__} model, not a transformers one; export to PEFT "
-                               "needs a transformers model")
     peft_model = to_peft_model(model, raw["adapter"], raw["model"]["family"], raw["model"]["name"])
+    head = head_state(model, backbone(model))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no embedding is adapted: no hub lookup
+        if head:
+            from safetensors.torch import save_file
+
+            save_file(head, str(tmp / HEAD_FILE), metadata={"backbone": backbone(model),
+                                                            "model_class": type(model).__name__})
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -122,3 +122,51 @@ def test_export_run_writes_the_folder_whole_and_never_over_one(tmp_path):
     with pytest.raises(RobustfeatError, match="already exists"):
         export_run(run, "peft", out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the command: the same folder again, refused in one line with exit 2; --overwrite replaces it
+    cli = [sys.executable, "-m", "robustfeat", "export", str(run), "--to", "peft", "--out", str(out)]
+    r = subprocess.run(cli, capture_output=True, text=True)
+    assert r.returncode == 2 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = subprocess.run(cli + ["--overwrite"], capture_output=True, text=True)
+    assert r.returncode == 0 and "adapter_config.json" in r.stdout, r.stderr
+    assert (out / "adapter_model.safetensors").read_bytes() == before["adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("method", ["lorfa", "vefa"])
+def test_a_wrapped_backbone_exports_its_adapter_and_the_head_beside_it(tmp_path, method):
+    """MiniLM's form: a transformers encoder inside robustfeat's mean-pooled classifier. The
+    adapter is written for the encoder, the head beside it; both loaded back give the logits."""
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    from robustfeat.export import HEAD_FILE, backbone, head_state
+    from robustfeat.models.text import MeanPoolClassifier, mean_pool
+
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=32, initializer_range=0.2)
+
+    def encoder():
+        torch.manual_seed(0)
+        return BertModel(cfg).eval()
+
+    model = MeanPoolClassifier(encoder(), num_labels=2).eval()
+    kw = {"rank": 4, "alpha": 11.0} if method == "lorfa" else {}
+    rf.inject_adapters(model, rf.AdapterConfig(method=method, target_modules=["query", "value"],
+                                               modules_to_save=["classifier"], seed=0, **kw))
+    perturb([p for n, p in model.named_parameters() if any(k in n for k in TRAINED)] + list(model.classifier.parameters()))
+    assert backbone(model) == "encoder"
+    adapter = {"method": method, "rank": 4, "alpha": 11.0, "dropout": 0.0, "modules_to_save": ["classifier"]}
+    to_peft_model(model, adapter, "text-classifier").save_pretrained(tmp_path / "peft")
+    save_file(head_state(model, "encoder"), str(tmp_path / "peft" / HEAD_FILE))
+    assert set(load_file(str(tmp_path / "peft" / HEAD_FILE))) == {"classifier.weight", "classifier.bias"}
+    ids = torch.randint(0, 64, (3, 8), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    enc = PeftModel.from_pretrained(encoder(), tmp_path / "peft").eval()
+    head = load_file(str(tmp_path / "peft" / HEAD_FILE))
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask).logits
+        pooled = mean_pool(enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        theirs = pooled @ head["classifier.weight"].T + head["classifier.bias"]
+    assert (ours - theirs).abs().max().item() < TOL

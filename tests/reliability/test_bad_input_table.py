@@ -155,6 +155,10 @@ def cases(w):
         (["sweep", b / "grid-fogg.yaml", "--out", out], "unknown shift 'fogg'. Did you mean 'fog'?"),
         (["sweep", b / "grid-nocolumn.yaml", "--out", out], "domain column 'nope' is not a column"),
         (["sweep", b / "grid-fogg.yaml", "--out", w["sweep"]], "unknown shift 'fogg'"),
+        # export
+        (["export", b / "nope", "--out", out], "does not exist"),
+        (["export", ck, "--out", res], "already exists"),
+        (["export", ck, "--to", "onnx", "--out", out], "invalid choice: 'onnx'"),
         # quickstart
         (["quickstart", "--out", b / "a-file"], "is a file"),
     ]
