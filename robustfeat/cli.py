@@ -105,8 +105,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from robustfeat.adapters.checkpoint import checkpoint_info
+    from pathlib import Path
 
+    from robustfeat.adapters.checkpoint import checkpoint_info
+    from robustfeat.evaluations.imported import PeftSubject, peft_info
+
+    if PeftSubject.detect(Path(args.checkpoint).expanduser()):
+        meta = peft_info(args.checkpoint)
+        if args.json:
+            print(json.dumps(meta, indent=2, sort_keys=True))
+            return 0
+        rows = [(k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else
+                 f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)) for k, v in meta.items()
+                if v is not None]
+        print(format_table(("field", "value"), rows))
+        return 0
     meta = checkpoint_info(args.checkpoint)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
@@ -202,7 +215,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      shifts=[s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None,
                      quick=args.quick, reference=args.reference, device=args.device, seed=args.seed,
                      batch_size=args.batch_size, progress=not args.no_progress,
-                     scales=_numbers(args.scales, "--scales") if args.scales else None, **options)
+                     scales=_numbers(args.scales, "--scales") if args.scales else None,
+                     base=args.base, data=args.data, data_seed=args.data_seed, max_eval_examples=args.max_eval_examples,
+                     label_column=args.label_column, text_column=args.text_column, image_size=args.image_size,
+                     max_length=args.max_length, **options)
     table = per_checkpoint(frame.assign(results_dir=str(args.out)))
     print(format_table(*headline_rows(table, ("checkpoint", "method"))))
     cells = frame.attrs.get("cells") or {}
@@ -335,7 +351,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_ls)
 
     info = sub.add_parser("info", help="show what a checkpoint folder holds (validates it)")
-    info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat")
+    info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat, or a PEFT adapter folder")
     info.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     info.set_defaults(func=cmd_info)
 
@@ -371,7 +387,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ft.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="run the shift bank on checkpoints; write tidy results (resumable)")
-    ev.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint folders from robustfeat finetune")
+    ev.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                    help="checkpoint folders: robustfeat finetune runs, or PEFT adapter folders (save_pretrained)")
     ev.add_argument("--out", required=True, help="results folder (created; rerun the same command to resume)")
     ev.add_argument("--bank", help="bank name (ls banks); default: the one for the checkpoints' model family")
     ev.add_argument("--shifts", help="comma-separated shifts or evaluations to run (e.g. fog,vader-nyt,cka)")
@@ -387,6 +404,17 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--scales", help="evaluate each checkpoint with its fine-tuning update scaled by each of these "
                                      "comma-separated factors (e.g. 0,0.5,1; 0 is the base, 1 as trained)")
     ev.add_argument("--seed", type=int, default=0, help="seed for subsets, corruptions and bootstrap CIs (default 0)")
+    made = ev.add_argument_group("checkpoints made elsewhere (PEFT adapter folders; robustfeat runs record all this)")
+    made.add_argument("--base", help="the base model: a zoo name, a hub id a zoo entry declares, or a local "
+                                     "transformers folder (default: the adapter's base_model_name_or_path)")
+    made.add_argument("--data", help="the evaluation data: a dataset name (ls datasets), CSV/JSON file or image folder")
+    made.add_argument("--data-seed", type=int, default=0, help="seed of the data's splits and test subsample; a "
+                                                                "robustfeat run's seed gives its test set (default 0)")
+    made.add_argument("--max-eval-examples", type=int, help="cap the test examples (robustfeat runs: default 1000)")
+    made.add_argument("--label-column", default="label", help="label column of a CSV/JSON file (default label)")
+    made.add_argument("--text-column", help="text column of a CSV/JSON file (default: text, sentence, review or content)")
+    made.add_argument("--image-size", type=int, help="image side in px (default: the base's native size)")
+    made.add_argument("--max-length", type=int, default=128, help="max tokens per text (default 128)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -237,6 +237,7 @@ def text_nll(handle, table, batch_size: int) -> dict[str, np.ndarray]:
 
 @register_evaluation
 class OutOfDomainPerplexity(_DeclaredSets):
+    needs_base = True
     name = "ood-perplexity"
     summary = ("causal LMs: perplexity, base vs fine-tuned, on the fine-tuning data's declared out-of-domain and "
                "near-domain text (ood_pairs.yaml, --lm-pairs FILE), every text that loosely matches the fine-tuning "

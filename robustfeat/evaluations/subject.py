@@ -41,6 +41,9 @@ class Subject:
     #: adapted layer paths ([] for methods without targets: full, linear)
     targets: list[str]
 
+    #: whether its base model is known (drift and forgetting need it)
+    has_base: bool = True
+
     def reference_facts(self) -> dict[str, Any]:
         """What a CE reference must share with this subject to normalise its errors."""
         raise NotImplementedError

