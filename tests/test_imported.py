@@ -7,7 +7,6 @@ same test split."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import subprocess
@@ -114,7 +113,6 @@ def test_a_peft_adapter_is_evaluated_as_peft_computes_it(text_case, kind, tmp_pa
     theirs = _peft_own(text_case, adapter, test)
     ours = handle.logits(handle.preprocess(test))
     assert (ours - theirs).abs().max().item() < TOL
-    from peft import PeftModel  # noqa: F401  (the base alone differs: the adapter is really applied)
     base = subject.load_base(None)
     assert (base.logits(base.preprocess(test))[:, :2] - theirs).abs().max().item() > 1e-3
 
@@ -141,7 +139,6 @@ def test_a_peft_adapter_is_evaluated_as_peft_computes_it(text_case, kind, tmp_pa
 def test_a_head_whose_labels_name_the_datas_is_put_in_the_datas_order(text_case, tmp_path):
     """A transformers head with id2label {0: '1', 1: '0'} reads output 0 as label '1': robustfeat
     reorders it, so accuracy is PEFT's with the outputs swapped; by index it would be 1 - that."""
-    from peft import PeftModel  # noqa: F401
     from transformers import AutoConfig
 
     adapter = _train_peft(text_case, "lora")
