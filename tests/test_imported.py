@@ -363,3 +363,42 @@ def test_a_transformers_folder_with_pickle_weights_is_refused(text_case, tmp_pat
     torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin")
     msg = _refused(text_case, folder, tmp_path / "o")
     assert "pickle" in msg and "safetensors" in msg
+
+
+def test_a_torchvision_weights_file_is_evaluated_on_its_architecture(tmp_path):
+    """A torchvision model fine-tuned elsewhere (its classifier resized for the task), saved as a
+    safetensors state_dict, evaluated with --base torchvision:NAME: clean accuracy equals the
+    model's own, drift is measured against the base, and a wrong architecture is refused."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)  # the base robustfeat builds for torchvision:...?weights=none at seed 0
+    net = torchvision.models.get_model("mobilenet_v3_small", weights=None)
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    net.classifier[3] = torch.nn.Linear(net.classifier[3].in_features, 10)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "ft.safetensors"))
+    base = "torchvision:mobilenet_v3_small?weights=none"
+    frame = evaluate([tmp_path / "ft.safetensors"], tmp_path / "res", shifts=["clean", "weights"], progress=False,
+                     base=base, data="digits", image_size=32, max_eval_examples=64)
+    subject = read_subject(tmp_path / "ft.safetensors", ImportOptions(base=base, data="digits", image_size=32,
+                                                                      max_eval_examples=64))
+    handle, data = subject.load(None)
+    test = data["test"]
+    net.eval()
+    with torch.no_grad():
+        own = net(handle.preprocess(test)["pixel_values"]).argmax(-1).numpy()
+    assert frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item() == pytest.approx(
+        float((own == np.asarray(test["label"])).mean()))
+    # the base is torchvision's random init at seed 0 (no weights offline); the change is the 0.01 noise
+    drift = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
+    assert len(drift) > 0
+    for path, value in zip(drift["shift"], drift["value"]):
+        key = path.removeprefix("net.") + ".weight"
+        w0, w = base_state[key].double(), net.state_dict()[key].double()
+        assert value == pytest.approx(float((w - w0).norm() / w0.norm()), rel=1e-4)
+    r = _cli("evaluate", str(tmp_path / "ft.safetensors"), "--out", str(tmp_path / "o"), "--data", "digits",
+             "--base", "torchvision:resnet18?weights=none", "--no-progress")
+    assert r.returncode == 2 and "do not fit" in r.stderr and not (tmp_path / "o").exists()

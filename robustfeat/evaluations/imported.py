@@ -527,6 +527,98 @@ class PretrainedSubject(ImportedSubject):
         return handle
 
 
+class WeightsSubject(ImportedSubject):
+    """A timm or torchvision image classifier's fine-tuned weights in one ``.safetensors`` file
+    (its ``state_dict``, the classifier sized for the task), with ``base`` naming its
+    architecture and pretrained weights (``timm:NAME``, ``torchvision:NAME``). The classifier
+    becomes the task head; the base's own head stays beside it for the forgetting probes, as
+    for robustfeat's runs. Drift is measured on the model's default targets."""
+
+    kind = "weights"
+    method = "weights"  # type: ignore[assignment]
+    targets: list[str] = []  # type: ignore[assignment]
+    family = "image-classifier"  # type: ignore[assignment]
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return path.is_file() and path.suffix == ".safetensors"
+
+    def __init__(self, path: str | os.PathLike, options: ImportOptions | None = None) -> None:
+        from robustfeat.adapters.checkpoint import refuse_pickle
+
+        p = Path(path).expanduser().absolute()
+        refuse_pickle(p)
+        super().__init__(p, options)
+        spec = self.options.base
+        if not spec or not spec.startswith(("timm:", "torchvision:")):
+            raise ImportedCheckpointError(f"'{path}' is a weights file; name its architecture with --base "
+                                          "timm:NAME or --base torchvision:NAME (the model it was fine-tuned from)")
+        self.base = resolve_base(spec, f"the weights file '{path}'")
+        self._built = self._build(None)
+
+    @cached_property
+    def weights_sha256(self) -> str:  # type: ignore[override]
+        return _sha256(self.path)
+
+    @cached_property
+    def _state(self) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path))
+        except (SafetensorError, OSError) as e:
+            raise ImportedCheckpointError(f"'{self.path}' is not a readable safetensors file ({e})") from None
+
+    def _split(self, handle) -> tuple[str, dict[str, torch.Tensor]]:
+        """The classifier's path in the base and the state under the handle's names."""
+        net = handle.model.net
+        own = net.state_dict()
+        heads = {n for n, m in net.named_modules() if isinstance(m, torch.nn.Identity) and n}
+        extra = sorted(k for k in self._state if k not in own)
+        where = {k.rpartition(".")[0] for k in extra}
+        if len(where) != 1 or not where <= heads:
+            raise ImportedCheckpointError(
+                f"the weights in '{self.path}' do not fit the base '{self.base.spec}': "
+                + (f"{len(extra)} tensors it does not have (first: {extra[0]})" if extra else "no classifier found")
+                + "; pass the --base it was fine-tuned from")
+        (head,) = where
+        state = {f"net.{k}": v for k, v in self._state.items() if k not in extra}
+        state |= {f"head.{k.rpartition('.')[2]}": v for k, v in self._state.items() if k in extra}
+        return head, state
+
+    def _build(self, device: str | None) -> tuple:
+        from robustfeat.adapters.identity import fingerprint
+
+        handle = self._base_handle()
+        self._base_fingerprint = fingerprint(handle.model, exclude=tuple(handle.head))
+        _, state = self._split(handle)
+        self._outputs = int(state["head.weight"].shape[0])
+        self._check_data(self.family, self._outputs)
+        handle.model.head = torch.nn.Linear(handle.model.head.in_features, self._outputs)
+        missing = [k for k in handle.model.state_dict() if k not in state and not k.startswith("pretrained_head.")]
+        if missing:
+            raise ImportedCheckpointError(f"'{self.path}' lacks {len(missing)} of the base's weights (first: "
+                                          f"{missing[0]}); save the whole state_dict")
+        try:
+            handle.model.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()[:300]
+            raise ImportedCheckpointError(f"the weights in '{self.path}' do not fit the base '{self.base.spec}' "
+                                          f"({first}); pass the --base it was fine-tuned from") from None
+        self._notes = self._match_labels(handle)
+        return handle, []
+
+    def _base_handle(self, device=None):
+        from robustfeat.models.zoo import load_model
+
+        handle = load_model(self.base.model, num_labels=getattr(self, "_outputs", 2), image_size=self.options.image_size)
+        if device is not None:
+            handle.to(device)
+        handle.model.eval()
+        return handle
+
+
 def _reorder_head(handle, order: list[int]) -> bool:
     """Permute the rows of the head's last linear layer so output j is old output ``order[j]``."""
     last = None
@@ -574,4 +666,4 @@ def _sha256(f: Path) -> str:
 
 
 #: the kinds of checkpoint made elsewhere that ``evaluate`` reads, tried in order
-IMPORTED_KINDS: tuple[type[ImportedSubject], ...] = (PeftSubject, PretrainedSubject)
+IMPORTED_KINDS: tuple[type[ImportedSubject], ...] = (PeftSubject, PretrainedSubject, WeightsSubject)

@@ -347,6 +347,7 @@ def _torchvision(name: str, num_labels: int, seed: int, image_size: int | None) 
     from robustfeat.models.vision import ImageClassifier, ImageTaskModel
 
     arch, _, weights = name.partition("?weights=")
+    torch.manual_seed(seed)  # a random-init base (weights=none) is the same for the same seed
     try:
         net = torchvision.models.get_model(arch, weights=None if weights.lower() == "none" else (weights or "DEFAULT"))
     except (ValueError, KeyError) as e:
@@ -377,6 +378,7 @@ def _timm(name: str, num_labels: int, seed: int, image_size: int | None) -> Mode
     if arch not in timm.list_models():
         close = timm.list_models(f"*{arch[:4]}*")[:5]
         raise UnknownNameError(f"timm has no model '{arch}'" + (f"; similar: {', '.join(close)}" if close else ""))
+    torch.manual_seed(seed)  # a random-init base (weights=none) is the same for the same seed
     try:
         net = timm.create_model(arch, pretrained=weights.lower() != "none")
     except Exception as e:  # the weights download fails offline
