@@ -379,6 +379,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ft.add_argument("--image-size", type=int, help="image side in px (default: the model's native size)")
     ft.add_argument("--max-length", type=int, help="max tokens per text (default 128)")
     ft.add_argument("--text-column", help="text column of a CSV/JSON dataset")
+    ft.add_argument("--label-column", help="label column of a CSV/JSON dataset (default label)")
+    ft.add_argument("--image-column", help="image column of a saved datasets folder (default image)")
     ft.add_argument("--checkpoint-every", type=int, help="save resumable state every N steps (default 50)")
     ft.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
     ft.add_argument("--out", required=True, help="output folder for the checkpoint")
@@ -448,9 +450,11 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_study)
 
-    ex = sub.add_parser("export", help="write a finished run in another tool's format (PEFT)")
+    ex = sub.add_parser("export", help="write a finished run in another tool's format (PEFT, or merged weights)")
     ex.add_argument("run", help="a finished run folder (robustfeat finetune)")
-    ex.add_argument("--to", default="peft", choices=["peft"], help="the format: peft (PeftModel.from_pretrained)")
+    ex.add_argument("--to", default="peft", choices=["peft", "merged"],
+                    help="peft: an adapter folder for PeftModel.from_pretrained (default); merged: the update merged "
+                         "into the weights, a transformers save_pretrained folder (safetensors for other models)")
     ex.add_argument("--out", required=True, help="the folder to write (new; --overwrite replaces one)")
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ex.set_defaults(func=cmd_export)

@@ -211,12 +211,67 @@ def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_n
     return peft_model
 
 
+def _write_peft(handle, raw: dict[str, Any], tmp: Path) -> None:
+    model = handle.model
+    peft_model = to_peft_model(model, raw["adapter"], raw["model"]["family"], peft_base_name(raw["model"]["name"]))
+    peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no embedding is adapted: no hub lookup
+    _write_head(model, tmp)
+
+
+def _write_head(model: nn.Module, tmp: Path) -> None:
+    head = head_state(model, backbone(model))
+    if head:
+        from safetensors.torch import save_file
+
+        save_file(head, str(tmp / HEAD_FILE), metadata={"backbone": backbone(model), "model_class": type(model).__name__})
+
+
+def _write_merged(handle, raw: dict[str, Any], tmp: Path) -> None:
+    """The fine-tuned model with its update merged into its own weights: a transformers
+    ``save_pretrained`` folder (with its tokenizer) for transformers-backed models, whose
+    robustfeat head, if any, lies beside it; else its ``state_dict`` in ``model.safetensors``."""
+    from transformers import PreTrainedModel
+
+    from robustfeat.adapters.model import has_adapters, merge_and_unload
+
+    model = handle.model
+    if has_adapters(model):
+        merge_and_unload(model)
+    prefix = backbone(model)
+    inner = model.get_submodule(prefix) if prefix else model
+    if isinstance(inner, PreTrainedModel):
+        inner.save_pretrained(tmp)
+        tok = getattr(handle, "tokenizer", None)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        _write_head(model, tmp)
+        return
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"model": raw["model"]["name"],
+                                                              "model_class": type(model).__name__})
+
+
+#: what ``export_run(..., to=NAME)`` writes: NAME -> writer(handle, run record, folder)
+EXPORTS: dict[str, Callable[[Any, dict[str, Any], Path], None]] = {"peft": _write_peft, "merged": _write_merged}
+
+
+def peft_base_name(model: str) -> str:
+    """The base's name as PEFT can resolve it: the hub id a zoo entry declares, else as given."""
+    from robustfeat.models.zoo import zoo_entry
+
+    entry = zoo_entry(model)
+    return entry.hub_ids[0] if entry is not None and entry.hub_ids else model
+
+
 def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike | None = None,
                overwrite: bool = False) -> Path:
-    """Write the finished run at ``path`` as ``to`` into ``out`` (a new folder; ``overwrite``
-    replaces one). The folder appears whole or not at all."""
-    if to != "peft":
-        raise RobustfeatError(f"unknown export format '{to}'; give --to peft")
+    """Write the finished run at ``path`` as ``to`` (:data:`EXPORTS`: ``peft``, ``merged``)
+    into ``out`` (a new folder; ``overwrite`` replaces one). The folder appears whole or not
+    at all."""
+    if to not in EXPORTS:
+        raise RobustfeatError(f"unknown export format '{to}'; give --to {' or --to '.join(EXPORTS)}")
     if out is None:
         raise RobustfeatError("give --out DIR, the folder to write the export into")
     dest = Path(out)
@@ -225,18 +280,15 @@ def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike
     from robustfeat.train.loop import load_run
 
     handle, _, raw = load_run(path)
-    model = handle.model
-    peft_model = to_peft_model(model, raw["adapter"], raw["model"]["family"], raw["model"]["name"])
-    head = head_state(model, backbone(model))
+    if to == "peft":  # refused methods are refused before anything is written
+        method = raw["adapter"]["method"]
+        if method in ("full", "linear"):
+            raise UnsupportedError(f"a {method} run has no adapter to export to PEFT (it changes the model's own "
+                                   "weights); export it with --to merged")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no embedding is adapted: no hub lookup
-        if head:
-            from safetensors.torch import save_file
-
-            save_file(head, str(tmp / HEAD_FILE), metadata={"backbone": backbone(model),
-                                                            "model_class": type(model).__name__})
+        EXPORTS[to](handle, raw, tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -213,7 +213,7 @@ def test_an_exported_robustfeat_run_evaluates_as_the_run(tmp_path):
     key = ["evaluation", "shift", "metric"]
     ours, theirs = a.set_index(key)["value"].sort_index(), b.set_index(key)["value"].sort_index()
     assert list(ours.index) == list(theirs.index)
-    assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-6)
+    assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-6, equal_nan=True)
 
 
 # --- bad input: one line, exit 2, nothing written ------------------------------------------------
@@ -437,3 +437,96 @@ def test_a_save_adapters_folder_is_a_checkpoint_like_any_other(text_case, tmp_pa
     r = _cli("evaluate", str(tmp_path / "saved"), "--out", str(tmp_path / "o"), "--data", str(text_case / "reviews.csv"),
              "--label-column", "sentiment", "--base", str(tmp_path / "other"), "--no-progress")
     assert r.returncode == 2 and "trained on base" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_merged_export_evaluates_as_the_run(tmp_path):
+    """robustfeat lora -> export --to merged (a transformers folder) -> evaluate with --base: the
+    same clean results and the same weight drift as evaluating the run itself."""
+    from transformers import AutoModelForSequenceClassification
+
+    from robustfeat.export import export_run
+    from robustfeat.train.config import TrainConfig
+    from robustfeat.train.loop import finetune
+
+    rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} item {i},{i % 2}" for i in range(160)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig(model="tiny-bert", data=str(tmp_path / "d.csv"), method="lora", max_examples=64,
+                      batch_size=16, lr=5e-3, seed=0, max_length=32)
+    finetune(cfg, tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", to="merged", out=tmp_path / "merged")
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")  # loads as transformers' own model
+    a = evaluate([tmp_path / "run"], tmp_path / "res-run", shifts=["clean", "weights"], progress=False)
+    b = evaluate([tmp_path / "merged"], tmp_path / "res-merged", shifts=["clean", "weights"], progress=False,
+                 base="tiny-bert", data=str(tmp_path / "d.csv"), max_length=32, max_eval_examples=cfg.max_eval_examples)
+    key = ["evaluation", "shift", "metric"]
+    ours, theirs = a.set_index(key)["value"].sort_index(), b.set_index(key)["value"].sort_index()
+    assert list(ours.index) == list(theirs.index)
+    assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-5, equal_nan=True)
+    assert (ours.xs("relative_change", level="metric") > 0).all()
+
+
+# --- portable runs and user data ----------------------------------------------------------------
+def test_a_run_on_a_user_file_is_found_from_anywhere_and_moved_data_by_fingerprint(tmp_path, monkeypatch):
+    """finetune --data data/sent.csv (relative) records the file's absolute path: evaluating
+    from / finds it; after the file moves, --data NEW points at it (the fingerprint decides), and
+    another file is refused with a fix that works as printed."""
+    import os
+    import shutil
+
+    (tmp_path / "proj" / "data").mkdir(parents=True)
+    rows = ["review,sentiment"] + [f"{'good' if i % 2 else 'bad'} film {i},{'pos' if i % 2 else 'neg'}" for i in range(120)]
+    (tmp_path / "proj" / "data" / "sent.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path / "proj")
+    r = _cli("finetune", "--model", "tiny-bert", "--data", "data/sent.csv", "--label-column", "sentiment",
+             "--method", "lora", "--max-examples", "32", "--max-length", "32", "--out", str(tmp_path / "run"),
+             "--no-progress")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "run" / "robustfeat.json").read_text())
+    assert record["data"]["provenance"]["path"] == str(tmp_path / "proj" / "data" / "sent.csv")
+    assert record["data"]["label_names"] == ["neg", "pos"]
+    monkeypatch.chdir("/")
+    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res1"), "--shifts", "clean", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    first = (tmp_path / "res1" / "results.csv").read_text()
+    # the file moves: its old place is named, with the flag that fixes it
+    shutil.move(tmp_path / "proj" / "data", tmp_path / "elsewhere")
+    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res2"), "--shifts", "clean", "--no-progress")
+    assert r.returncode == 2 and f"file not found: {tmp_path / 'proj' / 'data' / 'sent.csv'}" in r.stderr
+    assert "--data" in r.stderr and not (tmp_path / "res2").exists()
+    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res2"), "--shifts", "clean", "--no-progress",
+             "--data", str(tmp_path / "elsewhere" / "sent.csv"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "res2" / "results.csv").read_text() == first
+    # other data under the same name is refused before anything is written
+    (tmp_path / "other.csv").write_text("\n".join(rows[:1] + rows[1:][::-1]) + "\n")
+    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res3"), "--no-progress",
+             "--data", str(tmp_path / "other.csv"))
+    assert r.returncode == 2 and "fingerprint differs" in r.stderr and not (tmp_path / "res3").exists()
+    assert os.getcwd() == "/"
+
+
+def test_a_missing_file_is_file_not_found_and_a_name_is_an_unknown_dataset(tmp_path):
+    from robustfeat.data.api import load_dataset
+    from robustfeat.errors import RobustfeatError
+
+    with pytest.raises(RobustfeatError, match=f"^file not found: {tmp_path / 'nope.csv'}$"):
+        load_dataset(str(tmp_path / "nope.csv"))
+    with pytest.raises(RobustfeatError, match="unknown dataset 'rotten-tomatos'.*rotten-tomatoes"):
+        load_dataset("rotten-tomatos")
+
+
+def test_the_fix_a_changed_registered_dataset_suggests_runs_as_printed(tmp_path):
+    """`robustfeat data prepare NAME --force`, as the refusal prints it, runs (exit 0)."""
+    import re
+    from types import SimpleNamespace
+
+    from robustfeat.train.record import RunRecord
+
+    record = RunRecord(tmp_path, {"data": {"fingerprint": "a"}, "config": {}, "model": {}})
+    with pytest.raises(Exception) as e:
+        record.check_data(SimpleNamespace(fingerprint="b"), "digits")
+    (command,) = re.findall(r"`([^`]+)`", str(e.value))
+    args = command.split()
+    assert args[:2] == ["robustfeat", "data"]
+    r = _cli(*args[1:], "--no-progress")
+    assert r.returncode == 0, r.stderr

@@ -44,6 +44,12 @@ class ImportOptions:
     image_size: int | None = None
     max_length: int = 128
 
+    def for_a_run(self) -> list[str]:
+        """The options given that a robustfeat run records itself (so may not be given for one)."""
+        defaults = ImportOptions()
+        return [f for f in ("base", "data_seed", "max_eval_examples", "label_column", "text_column", "image_size",
+                            "max_length") if getattr(self, f) != getattr(defaults, f)]
+
 
 @dataclass(frozen=True)
 class Base:

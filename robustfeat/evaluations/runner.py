@@ -41,7 +41,13 @@ def read_subject(path: str | os.PathLike, imported=None) -> Subject:
         for kind in IMPORTED_KINDS:
             if kind.detect(p):
                 return kind(p, imported)
-    return RunSubject(path)
+    if imported is not None:
+        given = imported.for_a_run()
+        if given:
+            raise EvaluationError(f"'{path}' is a robustfeat run, which records its {', '.join(given)}; "
+                                  f"drop {' and '.join('--' + g.replace('_', '-') for g in given)} (they are for "
+                                  "checkpoints made elsewhere; --data moves a run's data to a new place)")
+    return RunSubject(path, data=imported.data if imported is not None else None)
 
 
 def choose_bank(name: str | None, families: set[str]) -> Bank:
@@ -124,7 +130,12 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
 
         if not scales:
             raise EvaluationError("give at least one adapter scale (e.g. 0, 0.5, 1)")
-        subjects = [ScaledSubject(s.path, a) for s in subjects for a in dict.fromkeys(map(float, scales))]
+        made = [s.path for s in subjects if not isinstance(s, RunSubject)]
+        if made:
+            raise EvaluationError(f"--scales scales a robustfeat run's fine-tuning update; '{made[0]}' was made "
+                                  "elsewhere (export it, or evaluate it without --scales)")
+        subjects = [ScaledSubject(s.path, a, data=s.data_override) for s in subjects
+                    for a in dict.fromkeys(map(float, scales))]
     ref = None
     if reference is not None:
         ref = next((s for s in subjects if s.path == Path(reference).expanduser().absolute()), None)
