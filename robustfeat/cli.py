@@ -105,17 +105,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from robustfeat.adapters.checkpoint import checkpoint_info
-    from robustfeat.evaluations.imported import PeftSubject, peft_info
+    from robustfeat.evaluations.imported import imported_info
 
-    if PeftSubject.detect(Path(args.checkpoint).expanduser()):
-        meta = peft_info(args.checkpoint)
+    meta = imported_info(args.checkpoint)
+    if meta is not None:  # made elsewhere: a PEFT adapter, a transformers folder, a weights file
         if args.json:
             print(json.dumps(meta, indent=2, sort_keys=True))
             return 0
         rows = [(k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else
+                 ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else
                  f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)) for k, v in meta.items()
                 if v is not None]
         print(format_table(("field", "value"), rows))
@@ -351,7 +350,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_ls)
 
     info = sub.add_parser("info", help="show what a checkpoint folder holds (validates it)")
-    info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat, or a PEFT adapter folder")
+    info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat, a PEFT adapter folder, a "
+                                         "transformers folder or a .safetensors weights file")
     info.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     info.set_defaults(func=cmd_info)
 
@@ -412,7 +412,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     made.add_argument("--data", help="the evaluation data: a dataset name (ls datasets), CSV/JSON file or image folder")
     made.add_argument("--data-seed", type=int, default=0, help="seed of the data's splits and test subsample; a "
                                                                 "robustfeat run's seed gives its test set (default 0)")
-    made.add_argument("--max-eval-examples", type=int, help="cap the test examples (robustfeat runs: default 1000)")
+    made.add_argument("--max-eval-examples", type=int, default=1000,
+                      help="cap on validation/test examples (default 1000, as robustfeat runs keep)")
     made.add_argument("--label-column", default="label", help="label column of a CSV/JSON file (default label)")
     made.add_argument("--text-column", help="text column of a CSV/JSON file (default: text, sentence, review or content)")
     made.add_argument("--image-size", type=int, help="image side in px (default: the base's native size)")

@@ -277,9 +277,16 @@ def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike
     dest = Path(out)
     if dest.exists() and not overwrite:
         raise RobustfeatError(f"'{dest}' already exists; give another --out or --overwrite to replace it")
+    from robustfeat.errors import UnknownNameError
+    from robustfeat.models.zoo import ModelUnavailableError
     from robustfeat.train.loop import load_run
+    from robustfeat.train.record import RunRecord
 
-    handle, _, raw = load_run(path)
+    model = RunRecord.read(path).model  # a clear refusal for a folder that is not a finished run
+    try:
+        handle, _, raw = load_run(path)
+    except (UnknownNameError, ModelUnavailableError) as e:
+        raise RobustfeatError(f"cannot export '{path}': its base model '{model}' is not available here ({e})") from None
     if to == "peft":  # refused methods are refused before anything is written
         method = raw["adapter"]["method"]
         if method in ("full", "linear"):

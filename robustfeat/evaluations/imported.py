@@ -38,7 +38,7 @@ class ImportOptions:
     base: str | None = None
     data: str | None = None
     data_seed: int = 0  # the seed of the data's splits and subsample (a robustfeat run's seed, to share its test set)
-    max_eval_examples: int | None = None
+    max_eval_examples: int | None = 1000  # as robustfeat's runs keep, so both are evaluated on one test set
     label_column: str = "label"
     text_column: str | None = None
     image_size: int | None = None
@@ -737,6 +737,39 @@ def peft_info(path: str | os.PathLike) -> dict[str, Any]:
             "tensors": len(shapes), "num_tensor_elements": sum(int(torch.Size(s).numel()) for s in shapes.values()),
             "peft_version": config.get("peft_version"),
             "weights_sha256": _sha256(weights)}
+
+
+def imported_info(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What a checkpoint made elsewhere holds (``robustfeat info``), read without its base or
+    data; None when ``path`` is none of those kinds (a robustfeat run or adapter folder)."""
+    from robustfeat.adapters.checkpoint import refuse_pickle
+
+    p = Path(path).expanduser().absolute()
+    if PeftSubject.detect(p):
+        return peft_info(p)
+    if PretrainedSubject.detect(p) or WeightsSubject.detect(p):
+        refuse_pickle(p)
+        from safetensors import safe_open
+
+        if p.is_file():
+            files = [p]
+            info: dict[str, Any] = {"kind": "weights"}
+        else:
+            files = sorted(p.glob("model*.safetensors"))
+            if not files:
+                raise ImportedCheckpointError(f"'{path}' has a config.json but no model.safetensors")
+            config = json.loads((p / "config.json").read_text())
+            info = {"kind": "transformers", "architectures": config.get("architectures") or [],
+                    "model_type": config.get("model_type"), "num_labels": len(config.get("id2label") or {}) or None}
+        elements = tensors = 0
+        for f in files:
+            with safe_open(str(f), "pt") as fh:
+                for k in fh.keys():
+                    tensors += 1
+                    elements += int(torch.Size(fh.get_slice(k).get_shape()).numel())
+        return {**info, "tensors": tensors, "num_tensor_elements": elements,
+                "weights_sha256": {f.name: _sha256(f) for f in files}}
+    return None
 
 
 def _sha256(f: Path) -> str:

@@ -97,7 +97,7 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
              device: str | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
              scales: list[float] | None = None, sizes: dict[str, dict[str, Any]] | None = None,
              base_cache: str | os.PathLike | None = None, base: str | None = None, data: str | None = None,
-             data_seed: int = 0, max_eval_examples: int | None = None, label_column: str = "label",
+             data_seed: int = 0, max_eval_examples: int | None = 1000, label_column: str = "label",
              text_column: str | None = None, image_size: int | None = None, max_length: int = 128, **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options

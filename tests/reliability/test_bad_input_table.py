@@ -85,9 +85,47 @@ def world(tmp_path_factory):
             "models": ["tiny-cnn"], "datasets": ["mnist-5k"], "methods": ["lora", "vefa"], "seeds": [0],
             "train": {"image_size": 32, "max_examples": 64, "max_eval_examples": 32}, "evaluate": evaluate_doc}))
     (bad / "a-file").write_text("precious")
-    return {"root": root, "ckpt": ckpt, "results": results, "report": report, "grid": grid, "sweep": root / "sweep",
+    # checkpoints made elsewhere: a PEFT adapter over a local transformers folder, and broken variants
+    peft = _made_elsewhere(root, bad)
+    return {"peft": peft, "root": root, "ckpt": ckpt, "results": results, "report": report, "grid": grid, "sweep": root / "sweep",
             "bad": bad, "nan": nan, "trunc": trunc, "tiny_images": tiny_images, "other": other, "broken": broken,
             "foreign": foreign}
+
+
+def _made_elsewhere(root: Path, bad: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, BertConfig, BertForSequenceClassification
+
+    from robustfeat.models.tiny import char_tokenizer
+    from robustfeat.train import TrainConfig, finetune
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=130, num_labels=2)
+    for name, config in (("hf-base", cfg), ("wide-base", BertConfig(**{**cfg.to_dict(), "hidden_size": 48}))):
+        BertForSequenceClassification(config).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    peft = root / "peft"
+    get_peft_model(BertForSequenceClassification.from_pretrained(root / "hf-base"),
+                   LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"])).save_pretrained(peft)
+    for name, change in (("peft-nobase", {"base_model_name_or_path": "org/not-here"}),
+                         ("peft-unknown", {"peft_type": "NOT_A_TUNER"})):
+        shutil.copytree(peft, bad / name)
+        doc = json.loads((bad / name / "adapter_config.json").read_text())
+        (bad / name / "adapter_config.json").write_text(json.dumps({**doc, **change}))
+    (bad / "three.csv").write_text("text,label\n" + "".join(f"text {i},{i % 3}\n" for i in range(60)))
+    pickled = bad / "pickled-hf"
+    pickled.mkdir()
+    AutoConfig.from_pretrained(root / "hf-base").save_pretrained(pickled)
+    torch.save({"w": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    # a run whose base (a local folder) is gone
+    shutil.copytree(root / "hf-base", bad / "gone-base")
+    finetune(TrainConfig(model=str(bad / "gone-base"), data=str(bad / "three.csv"), method="lora", max_examples=16,
+                         max_eval_examples=8), bad / "gone-run", progress=False)
+    shutil.rmtree(bad / "gone-base")
+    return peft
 
 
 def cases(w):
@@ -140,6 +178,17 @@ def cases(w):
         (["evaluate", ck, "--quick", "--device", "cuda", "--out", out], "cuda"),
         (["evaluate", ck, "--quick", "--imagenet", b / "nope", "--out", out], "--imagenet folder"),
         (["evaluate", ck, "--quick", "--out", res, "--seed", "3"], "holds results of bank"),
+        # evaluate: checkpoints made elsewhere
+        (["evaluate", b / "peft-nobase", "--data", b / "reviews.csv", "--out", out], "'org/not-here'"),
+        (["evaluate", b / "peft-unknown", "--data", b / "reviews.csv", "--out", out], "'NOT_A_TUNER'"),
+        (["evaluate", w["peft"], "--data", b / "reviews.csv", "--base", w["root"] / "wide-base", "--out", out],
+         "does not fit the base"),
+        (["evaluate", w["peft"], "--data", b / "three.csv", "--out", out], "has 3 labels but the head"),
+        (["evaluate", w["peft"], "--out", out], "pass --data"),
+        (["evaluate", w["peft"], "--data", b / "nope.csv", "--out", out], "file not found:"),
+        (["evaluate", b / "pickled-hf", "--data", b / "reviews.csv", "--out", out], "pickle"),
+        (["evaluate", ck, "--base", "tiny-cnn", "--out", out], "records its base"),
+        (["info", b / "peft-unknown"], "'NOT_A_TUNER'"),
         # report
         (["report", b / "nope", "--out", b / "r.html"], "does not exist"),
         (["report", w["broken"], "--out", b / "r.html"], "lacks the columns"),
@@ -159,6 +208,7 @@ def cases(w):
         (["export", b / "nope", "--out", out], "does not exist"),
         (["export", ck, "--out", res], "already exists"),
         (["export", ck, "--to", "onnx", "--out", out], "invalid choice: 'onnx'"),
+        (["export", b / "gone-run", "--out", out], "gone-base"),
         # quickstart
         (["quickstart", "--out", b / "a-file"], "is a file"),
     ]
@@ -193,7 +243,7 @@ def test_every_bad_input_is_one_line_and_harmless(world, capsys):
         if code != 2 or len(err) != 1 or match not in err[0] or "Traceback" in err[0] or changes:
             failures.append((args, code, err[-3:], sorted(changes)[:5]))
     assert not failures, failures
-    assert len(table) >= 45
+    assert len(table) >= 55
 
 
 def test_the_tree_check_sees_a_stray_lock_and_a_rewrite(world):
