@@ -42,6 +42,12 @@ class PeftForm:
 
     config: Callable[[dict[str, Any], list[str], bool], Any]
     tensors: Callable[[nn.Module], dict[str, torch.Tensor]]
+    #: whether PEFT builds new layers beside each target (LoRA's factors), with the target's own class
+    builds_layers: bool = False
+
+
+#: the convolution classes PEFT's LoRA can rebuild (a subclass may take other arguments)
+PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 PEFT_FORMS: dict[str, PeftForm] = {}
@@ -71,7 +77,7 @@ def _lora_config(adapter: dict[str, Any], targets: list[str], transposed: bool) 
                       target_modules=targets, fan_in_fan_out=transposed)
 
 
-peft_form("lora")(PeftForm(_lora_config, lambda layer: {
+peft_form("lora")(PeftForm(_lora_config, builds_layers=True, tensors=lambda layer: {
     "lora_A.default.weight": layer.lora_A.detach().flatten(1) if layer.lora_A.dim() > 2 else layer.lora_A.detach(),
     "lora_B.default.weight": layer.lora_B.detach()}))
 
@@ -82,7 +88,7 @@ def _lorfa_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
             "lora_B.default.weight": w0 @ layer.lorfa_B.detach().to(w0.dtype)}
 
 
-peft_form("lorfa")(PeftForm(_lora_config, _lorfa_tensors))
+peft_form("lorfa")(PeftForm(_lora_config, _lorfa_tensors, builds_layers=True))
 
 
 def _vefa_config(adapter: dict[str, Any], targets: list[str], transposed: bool) -> Any:
@@ -190,7 +196,14 @@ def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_n
         base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
         kinds.add(layer_kind(base).name)
         layer._export_path = path  # named in a refusal
-    tensors = {path: form.tensors(layer) for path, layer in layers.items()}
+    tensors = {path: form.tensors(layer) for path, layer in layers.items()}  # refuses what has no exact form
+    for path, layer in layers.items():
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
+        if form.builds_layers and isinstance(base, nn.modules.conv._ConvNd) and type(base) not in PLAIN_CONVS:
+            raise UnsupportedError(
+                f"'{path}' is a {type(base).__name__} (a {type(base).__mro__[1].__name__} of its own): PEFT's LoRA builds "
+                "its factors with the layer's own class and nn.Conv2d's arguments, which this class does not take; "
+                "export the run with --to merged")
     cfg = form.config(adapter, sorted(layers), kinds == {"conv1d-transposed"})
     cfg.task_type = None if prefix else TASK_TYPES.get(family)  # a bare backbone has no task head
     head = list(adapter.get("modules_to_save") or [])

@@ -18,7 +18,7 @@ HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SIZES = dict(max_examples=256, max_eval_examples=128, batch_size=32, max_length=48)
 
 
-def _peft_lora(out, steps: int = 16):
+def _peft_lora(out, steps: int = 32):
     """What a user does with PEFT alone: AutoModelForSequenceClassification + LoRA, trained, saved."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -33,7 +33,7 @@ def _peft_lora(out, steps: int = 16):
     pm = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"]))
     pm.peft_config["default"].base_model_name_or_path = HUB_ID  # as from_pretrained(HUB_ID) records it
     train = load_dataset("rotten-tomatoes", seed=0, max_examples=256, progress=False)["train"]
-    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-3)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=4e-3)
     pm.train()
     for step in range(steps):
         idx = np.random.default_rng(step).choice(len(train), 16, replace=False)

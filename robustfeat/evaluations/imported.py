@@ -44,11 +44,18 @@ class ImportOptions:
     image_size: int | None = None
     max_length: int = 128
 
-    def for_a_run(self) -> list[str]:
-        """The options given that a robustfeat run records itself (so may not be given for one)."""
+    #: the options a robustfeat run records, by its training config's name for them
+    RUN_FIELDS: ClassVar[dict[str, str]] = {"data_seed": "seed", "max_eval_examples": "max_eval_examples",
+                                            "label_column": "label_column", "text_column": "text_column",
+                                            "image_size": "image_size", "max_length": "max_length"}
+
+    def against_a_run(self, config) -> list[str]:
+        """The options given (not at their defaults) that contradict what a robustfeat run
+        records in ``config`` (its TrainConfig); ``base`` always does (a run records its base)."""
         defaults = ImportOptions()
-        return [f for f in ("base", "data_seed", "max_eval_examples", "label_column", "text_column", "image_size",
-                            "max_length") if getattr(self, f) != getattr(defaults, f)]
+        wrong = ["base"] if self.base else []
+        return wrong + [f for f, field in self.RUN_FIELDS.items()
+                        if getattr(self, f) != getattr(defaults, f) and getattr(self, f) != getattr(config, field)]
 
 
 @dataclass(frozen=True)
@@ -630,9 +637,13 @@ class WeightsSubject(ImportedSubject):
         refuse_pickle(p)
         super().__init__(p, options)
         spec = self.options.base
-        if not spec or not spec.startswith(("timm:", "torchvision:")):
+        from robustfeat.models.zoo import zoo_entry
+
+        entry = zoo_entry(spec) if spec else None
+        if not spec or not (spec.startswith(("timm:", "torchvision:")) or (entry and entry.family == self.family)):
             raise ImportedCheckpointError(f"'{path}' is a weights file; name its architecture with --base "
-                                          "timm:NAME or --base torchvision:NAME (the model it was fine-tuned from)")
+                                          "timm:NAME, --base torchvision:NAME or a zoo image model (the model it was "
+                                          "fine-tuned from)")
         self.base = resolve_base(spec, f"the weights file '{path}'")
         self._built = self._build(None)
 
@@ -651,7 +662,10 @@ class WeightsSubject(ImportedSubject):
             raise ImportedCheckpointError(f"'{self.path}' is not a readable safetensors file ({e})") from None
 
     def _split(self, handle) -> tuple[str, dict[str, torch.Tensor]]:
-        """The classifier's path in the base and the state under the handle's names."""
+        """The classifier's path in the base and the state under the handle's names (a file
+        ``robustfeat export --to merged`` wrote holds those names already)."""
+        if set(self._state) == set(handle.model.state_dict()):
+            return "head", dict(self._state)
         net = handle.model.net
         own = net.state_dict()
         heads = {n for n, m in net.named_modules() if isinstance(m, torch.nn.Identity) and n}

@@ -41,10 +41,12 @@ def read_subject(path: str | os.PathLike, imported=None) -> Subject:
         for kind in IMPORTED_KINDS:
             if kind.detect(p):
                 return kind(p, imported)
-    if imported is not None:
-        given = imported.for_a_run()
+    if imported is not None and (p / RUN_FILE).is_file():
+        from robustfeat.train.record import RunRecord
+
+        given = imported.against_a_run(RunRecord.read(p).config)
         if given:
-            raise EvaluationError(f"'{path}' is a robustfeat run, which records its {', '.join(given)}; "
+            raise EvaluationError(f"'{path}' is a robustfeat run, which records its {', '.join(given)} otherwise; "
                                   f"drop {' and '.join('--' + g.replace('_', '-') for g in given)} (they are for "
                                   "checkpoints made elsewhere; --data moves a run's data to a new place)")
     return RunSubject(path, data=imported.data if imported is not None else None)

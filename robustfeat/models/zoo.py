@@ -106,7 +106,9 @@ def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_len
             model = MeanPoolClassifier(encoder, num_labels)
         else:
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+            # a folder whose own head has another size gets a new head of the size asked for
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                       ignore_mismatched_sizes=True)
     return TextClassifier(model, tok, ModelInfo(name, "text-classifier", source), max_length=max_length)
 
 
