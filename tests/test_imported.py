@@ -546,3 +546,38 @@ def test_an_exported_image_run_evaluates_as_the_run(tmp_path, method, to):
     assert list(ours.index) == list(theirs.index)
     assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-5, equal_nan=True)
     assert (ours.xs("relative_change", level="metric") > 0).all()
+
+
+def test_a_peft_adapter_on_a_plain_torchvision_classifier(tmp_path):
+    """LoRA made with PEFT on a torchvision model (its own layer names, its classifier resized and
+    in modules_to_save), evaluated with --base torchvision:NAME: robustfeat's clean accuracy is
+    the PEFT model's own, and drift is read on the adapted layers."""
+    import torchvision
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    def net():
+        torch.manual_seed(0)  # the base robustfeat builds for torchvision:...?weights=none at seed 0
+        n = torchvision.models.get_model("mobilenet_v3_small", weights=None)
+        n.classifier[3] = torch.nn.Linear(n.classifier[3].in_features, 10)
+        return n
+
+    targets = ["classifier.0", "features.1.block.2.0", "features.2.block.0.0"]
+    pm = get_peft_model(net(), LoraConfig(r=4, target_modules=targets, modules_to_save=["classifier.3"],
+                                          init_lora_weights=False))
+    with torch.no_grad():
+        pm.base_model.model.classifier[3].modules_to_save["default"].weight.add_(0.5)
+    pm.save_pretrained(tmp_path / "adapter")
+    base = "torchvision:mobilenet_v3_small?weights=none"
+    opts = dict(base=base, data="digits", image_size=32, max_eval_examples=64)
+    frame = evaluate([tmp_path / "adapter"], tmp_path / "res", shifts=["clean", "weights"], progress=False, **opts)
+    subject = read_subject(tmp_path / "adapter", ImportOptions(**opts))
+    handle, data = subject.load(None)
+    theirs = PeftModel.from_pretrained(net(), tmp_path / "adapter").eval()
+    x = handle.preprocess(data["test"])["pixel_values"]
+    with torch.no_grad():
+        own = theirs(x)
+    assert (handle.logits({"pixel_values": x}) - own).abs().max().item() < 1e-4
+    acc = frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item()
+    assert acc == pytest.approx(float((own.argmax(-1).numpy() == np.asarray(data["test"]["label"])).mean()))
+    drift = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
+    assert sorted(drift["shift"]) == sorted(f"net.{t}" for t in targets) and (drift["value"] > 0).all()

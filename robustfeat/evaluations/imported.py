@@ -387,6 +387,34 @@ class PeftSubject(ImportedSubject):
         handle.model.eval()
         return handle
 
+    def _raw_image_net(self, handle) -> tuple | None:
+        """For an adapter PEFT made on a plain timm/torchvision classifier (its paths are the
+        network's own, its classifier in ``modules_to_save``): a copy of the base network with
+        its classifier put back, sized as the adapter's, and the classifier's path. None when
+        the adapter was made on robustfeat's image model (``robustfeat export``)."""
+        from robustfeat.models.vision import ImageTaskModel
+
+        if not isinstance(handle.model, ImageTaskModel):
+            return None
+        inner = [k.removeprefix("base_model.model.") for k in self._state]
+        if any(k.startswith(("net.", "head.", "pretrained_head.")) for k in inner):
+            return None
+        import copy
+
+        net = copy.deepcopy(handle.model.net)
+        saved = list(self.config.get("modules_to_save") or [])
+        gaps = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Identity) and n]
+        head = next((p for p in gaps for m in saved if p == m or p.startswith(m + ".")), None)
+        weight = self._state.get(f"base_model.model.{head}.weight") if head else None
+        if weight is None:
+            raise ImportedCheckpointError(
+                f"the PEFT adapter '{self.path}' does not save the classifier of '{self.base.spec}' "
+                f"({', '.join(gaps) or 'none found'}) in modules_to_save ({', '.join(saved) or 'none'}); it cannot be "
+                "evaluated as a classifier of this base")
+        bias = f"base_model.model.{head}.bias" in self._state
+        _set_module(net, head, torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias))
+        return net, head
+
     def _build(self, device: str | None) -> tuple:
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -399,7 +427,8 @@ class PeftSubject(ImportedSubject):
         prefix = ""
         if self._head_file is not None:
             prefix = self._head_file[1].get("backbone", "")
-        target = handle.model.get_submodule(prefix) if prefix else handle.model
+        raw = self._raw_image_net(handle)
+        target = raw[0] if raw else handle.model.get_submodule(prefix) if prefix else handle.model
         import warnings
 
         try:
@@ -415,7 +444,13 @@ class PeftSubject(ImportedSubject):
         if not adapted:
             raise ImportedCheckpointError(f"the PEFT adapter '{self.path}' adapts no layer of the base '{self.base.spec}'")
         merged = peft_model.merge_and_unload()
-        if prefix:
+        if raw:  # the classifier moves to the task head, the rest is the backbone
+            net, head_path = merged, raw[1]
+            handle.model.head = net.get_submodule(head_path)
+            _set_module(net, head_path, torch.nn.Identity())
+            handle.model.net = net
+            prefix = "net"
+        elif prefix:
             setattr(handle.model, prefix, merged)
             missing = set(n for n in handle.model.state_dict() if not n.startswith(prefix + "."))
             head, _ = self._head_file
@@ -428,6 +463,11 @@ class PeftSubject(ImportedSubject):
         self._notes = self._match_labels(handle)
         paths = [f"{prefix}.{n}" if prefix else n for n in adapted]
         return handle, paths
+
+
+def _set_module(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 class AdaptersSubject(ImportedSubject):
