@@ -581,3 +581,19 @@ def test_a_peft_adapter_on_a_plain_torchvision_classifier(tmp_path):
     assert acc == pytest.approx(float((own.argmax(-1).numpy() == np.asarray(data["test"]["label"])).mean()))
     drift = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
     assert sorted(drift["shift"]) == sorted(f"net.{t}" for t in targets) and (drift["value"] > 0).all()
+
+
+def test_every_listing_a_message_suggests_runs_as_printed(capsys):
+    """Each `robustfeat ls KIND` that an error or help text in the package names exits 0."""
+    import re
+
+    from robustfeat.cli import main
+    from robustfeat.sweep.grid import package_root
+
+    kinds = set()
+    for f in package_root().rglob("*.py"):
+        kinds |= set(re.findall(r"robustfeat ls ([a-z]+)", f.read_text()))
+    assert {"models", "banks", "adapters", "options"} <= kinds
+    for kind in sorted(kinds):
+        assert main(["ls", kind]) == 0, kind
+        assert capsys.readouterr().out.strip()
