@@ -216,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, progress=not args.no_progress,
                      scales=_numbers(args.scales, "--scales") if args.scales else None,
                      base=args.base, data=args.data, data_seed=args.data_seed, max_eval_examples=args.max_eval_examples,
-                     label_column=args.label_column, text_column=args.text_column, image_size=args.image_size,
+                     label_column=args.label_column, text_column=args.text_column, image_column=args.image_column,
+                     image_size=args.image_size,
                      max_length=args.max_length, **options)
     table = per_checkpoint(frame.assign(results_dir=str(args.out)))
     print(format_table(*headline_rows(table, ("checkpoint", "method"))))
@@ -416,6 +417,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
                       help="cap on validation/test examples (default 1000, as robustfeat runs keep)")
     made.add_argument("--label-column", default="label", help="label column of a CSV/JSON file (default label)")
     made.add_argument("--text-column", help="text column of a CSV/JSON file (default: text, sentence, review or content)")
+    made.add_argument("--image-column", default="image", help="image column of a saved datasets folder (default image)")
     made.add_argument("--image-size", type=int, help="image side in px (default: the base's native size)")
     made.add_argument("--max-length", type=int, default=128, help="max tokens per text (default 128)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")

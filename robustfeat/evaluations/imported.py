@@ -41,13 +41,15 @@ class ImportOptions:
     max_eval_examples: int | None = 1000  # as robustfeat's runs keep, so both are evaluated on one test set
     label_column: str = "label"
     text_column: str | None = None
+    image_column: str = "image"
     image_size: int | None = None
     max_length: int = 128
 
     #: the options a robustfeat run records, by its training config's name for them
     RUN_FIELDS: ClassVar[dict[str, str]] = {"data_seed": "seed", "max_eval_examples": "max_eval_examples",
                                             "label_column": "label_column", "text_column": "text_column",
-                                            "image_size": "image_size", "max_length": "max_length"}
+                                            "image_column": "image_column", "image_size": "image_size",
+                                            "max_length": "max_length"}
 
     def against_a_run(self, config) -> list[str]:
         """The options given (not at their defaults) that contradict what a robustfeat run
@@ -95,7 +97,7 @@ def resolve_base(spec: str | None, what: str) -> Base:
             return Base(spec, owner.name, local.absolute())
         return Base(spec, str(local.absolute()), local.absolute())
     raise ImportedCheckpointError(f"the base model '{spec}' of {what} cannot be found offline (it is not {BASE_FORMS}); "
-                       "pass --base MODEL to name where it is")
+                                  "pass --base MODEL to name where it is")
 
 
 def head_size(state: dict[str, torch.Tensor], head: str) -> int | None:
@@ -117,7 +119,7 @@ class ImportedSubject(Subject):
         self.options = options or ImportOptions()
         if not self.options.data:
             raise ImportedCheckpointError(f"'{path}' is a {self.kind} checkpoint, which does not record its data; pass "
-                               "--data DATASET (a dataset name, a CSV/JSON file or an image folder)")
+                                          "--data DATASET (a dataset name, a CSV/JSON file or an image folder)")
         self._built: tuple | None = None
         self._base_fingerprint = "unknown"
 
@@ -128,7 +130,8 @@ class ImportedSubject(Subject):
 
         o = self.options
         return load_dataset(o.data, seed=o.data_seed, max_eval_examples=o.max_eval_examples,
-                            text_column=o.text_column, label_column=o.label_column, progress=False)
+                            text_column=o.text_column, label_column=o.label_column, image_column=o.image_column,
+                            progress=False)
 
     data = property(lambda self: self.options.data)  # type: ignore[assignment]
     data_name = property(lambda self: self.bundle.name)  # type: ignore[assignment]
@@ -142,10 +145,10 @@ class ImportedSubject(Subject):
         b = self.bundle
         if b.task not in FAMILIES.get(family).tasks:
             raise ImportedCheckpointError(f"--data '{self.options.data}' ({b.task}) does not fit '{self.path}', a {family} "
-                               f"checkpoint; give data of task {', '.join(sorted(FAMILIES.get(family).tasks))}")
+                                          f"checkpoint; give data of task {', '.join(sorted(FAMILIES.get(family).tasks))}")
         if outputs is not None and family != "causal-lm" and b.num_labels != outputs:
             raise ImportedCheckpointError(f"--data '{self.options.data}' has {b.num_labels} labels but the head of '{self.path}' "
-                               f"has {outputs} outputs; give the data it was trained on")
+                                          f"has {outputs} outputs; give the data it was trained on")
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -169,8 +172,8 @@ class ImportedSubject(Subject):
 
     @property
     def base_fingerprint(self) -> str:  # type: ignore[override]
-        """The base's weights' fingerprint (its head left out), as robustfeat's checkpoints record it."""
-        self._prepared()
+        """The base's weights' fingerprint (its head left out), as robustfeat's checkpoints record
+        it; taken when the checkpoint is first read (every kind builds itself then, to check it)."""
         return self._base_fingerprint
 
     @property
@@ -285,7 +288,7 @@ class PeftSubject(ImportedSubject):
             if legacy.is_file():
                 refuse_pickle(legacy)
             raise ImportedCheckpointError(f"'{path}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; save the adapter with "
-                               "PEFT's save_pretrained (safetensors, its default)")
+                                          "PEFT's save_pretrained (safetensors, its default)")
         super().__init__(p, options)
         self.base = resolve_base(self.options.base or self.config.get("base_model_name_or_path"),
                                  f"the PEFT adapter '{path}'")
@@ -304,11 +307,11 @@ class PeftSubject(ImportedSubject):
 
         if config["peft_type"] not in PEFT_TYPE_TO_CONFIG_MAPPING:
             raise ImportedCheckpointError(f"'{p / ADAPTER_CONFIG}' has peft_type '{config['peft_type']}', which the installed PEFT "
-                               f"does not know ({', '.join(sorted(map(str, PEFT_TYPE_TO_CONFIG_MAPPING)))})")
+                                          f"does not know ({', '.join(sorted(map(str, PEFT_TYPE_TO_CONFIG_MAPPING)))})")
         task = config.get("task_type")
         if task not in (None, *PEFT_TASKS, "FEATURE_EXTRACTION"):
             raise ImportedCheckpointError(f"'{p / ADAPTER_CONFIG}' has task_type '{task}'; robustfeat evaluates "
-                               f"{', '.join(PEFT_TASKS)} adapters and ones with no task type")
+                                          f"{', '.join(PEFT_TASKS)} adapters and ones with no task type")
         return config
 
     @property
@@ -381,7 +384,7 @@ class PeftSubject(ImportedSubject):
                                 image_size=o.image_size)
         if handle.info.family != self._family:
             raise ImportedCheckpointError(f"the base '{self.base.spec}' is a {handle.info.family} model, but the PEFT adapter "
-                               f"'{self.path}' is for a {self._family} one; pass the right --base")
+                                          f"'{self.path}' is for a {self._family} one; pass the right --base")
         if device is not None:
             handle.to(device)
         handle.model.eval()
@@ -438,7 +441,7 @@ class PeftSubject(ImportedSubject):
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0][:300]
             raise ImportedCheckpointError(f"the PEFT adapter '{self.path}' does not fit the base '{self.base.spec}' ({first}); "
-                               "pass the --base it was trained on") from None
+                                          "pass the --base it was trained on") from None
         inner = peft_model.base_model.model
         adapted = [n for n, m in inner.named_modules() if isinstance(m, BaseTunerLayer)]
         if not adapted:
@@ -456,7 +459,7 @@ class PeftSubject(ImportedSubject):
             head, _ = self._head_file
             if set(head) != missing:
                 raise ImportedCheckpointError(f"'{self.path}': its head file holds {sorted(head)}, the model's head "
-                                   f"{sorted(missing)}")
+                                              f"{sorted(missing)}")
             handle.model.load_state_dict(head, strict=False)
         else:
             handle.model = merged
@@ -631,7 +634,7 @@ class PretrainedSubject(ImportedSubject):
             wrong = sorted(k for k in ours if not k.startswith(head) and theirs.get(k) != ours[k])
             if wrong:
                 raise ImportedCheckpointError(
-                    f"the base '{self.base.spec}' does not fit '{self.path}': {len(wrong)} weights differ in name or "
+                                              f"the base '{self.base.spec}' does not fit '{self.path}': {len(wrong)} weights differ in name or "
                     f"shape (first: {wrong[0]} {ours[wrong[0]]} vs {theirs.get(wrong[0])}); pass the --base it was "
                     "fine-tuned from")
         self._notes = self._match_labels(handle)

@@ -100,7 +100,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
              scales: list[float] | None = None, sizes: dict[str, dict[str, Any]] | None = None,
              base_cache: str | os.PathLike | None = None, base: str | None = None, data: str | None = None,
              data_seed: int = 0, max_eval_examples: int | None = 1000, label_column: str = "label",
-             text_column: str | None = None, image_size: int | None = None, max_length: int = 128, **options: Any):
+             text_column: str | None = None, image_column: str = "image", image_size: int | None = None,
+             max_length: int = 128, **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
     (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). Every check
@@ -124,8 +125,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     if not checkpoints:
         raise EvaluationError("give at least one checkpoint folder to evaluate")
     imported = ImportOptions(base=base, data=data, data_seed=data_seed, max_eval_examples=max_eval_examples,
-                             label_column=label_column, text_column=text_column, image_size=image_size,
-                             max_length=max_length)
+                             label_column=label_column, text_column=text_column, image_column=image_column,
+                             image_size=image_size, max_length=max_length)
     subjects = [read_subject(c, imported) for c in dict.fromkeys(map(str, checkpoints))]
     if scales is not None:
         from robustfeat.evaluations.subject import ScaledSubject
