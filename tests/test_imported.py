@@ -597,3 +597,25 @@ def test_every_listing_a_message_suggests_runs_as_printed(capsys):
     for kind in sorted(kinds):
         assert main(["ls", kind]) == 0, kind
         assert capsys.readouterr().out.strip()
+
+
+def test_a_timm_weights_file_is_evaluated_on_its_architecture(tmp_path):
+    """The same for timm: a state_dict saved with safetensors, its classifier reset for the task,
+    evaluated with --base timm:NAME?weights=none; the accuracy is the timm model's own."""
+    import timm  # a dev dependency (pyproject), so make test always has it
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)  # the base robustfeat builds for timm:...?weights=none at seed 0
+    net = timm.create_model("mobilenetv3_small_050", pretrained=False)
+    net.reset_classifier(10)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "ft.safetensors"))
+    opts = dict(base="timm:mobilenetv3_small_050?weights=none", data="digits", image_size=32, max_eval_examples=64)
+    frame = evaluate([tmp_path / "ft.safetensors"], tmp_path / "res", shifts=["clean"], progress=False, **opts)
+    handle, data = read_subject(tmp_path / "ft.safetensors", ImportOptions(**opts)).load(None)
+    net.eval()
+    x = handle.preprocess(data["test"])["pixel_values"]
+    with torch.no_grad():
+        own = net(x)
+    assert (handle.logits({"pixel_values": x}) - own).abs().max().item() < 1e-4
+    assert frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item() == pytest.approx(
+        float((own.argmax(-1).numpy() == np.asarray(data["test"]["label"])).mean()))
