@@ -619,3 +619,54 @@ def test_a_timm_weights_file_is_evaluated_on_its_architecture(tmp_path):
     assert (handle.logits({"pixel_values": x}) - own).abs().max().item() < 1e-4
     assert frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item() == pytest.approx(
         float((own.argmax(-1).numpy() == np.asarray(data["test"]["label"])).mean()))
+
+
+def test_a_transformers_image_classifier_folder_is_evaluated_with_and_without_its_base(tmp_path):
+    """A ViT fine-tuned elsewhere (its classifier resized for the task) and saved with
+    save_pretrained: its own classifier is the task head, clean accuracy is the model's own; with
+    --base the ImageNet-head agreement uses the base's head and drift is measured against the
+    base; without it those are skipped and the results say so."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from robustfeat.evaluations.imported import PretrainedSubject
+    from robustfeat.registry import EVALUATIONS
+
+    torch.manual_seed(0)
+    kw = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=48)
+    base = ViTForImageClassification(ViTConfig(num_labels=7, **kw))  # a 7-class "pretrained" head
+    base.save_pretrained(tmp_path / "base")
+    ft = ViTForImageClassification(ViTConfig(num_labels=10, **kw))
+    ft.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("classifier.")}, strict=False)
+    with torch.no_grad():
+        for p in ft.vit.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ft.eval().save_pretrained(tmp_path / "ft")
+    opts = dict(data="digits", max_eval_examples=64)
+    shifts = ["clean", "weights", "imagenet-agreement"]
+    frame = evaluate([tmp_path / "ft"], tmp_path / "with", shifts=shifts, progress=False,
+                     base=str(tmp_path / "base"), **opts)
+    subject = read_subject(tmp_path / "ft", ImportOptions(base=str(tmp_path / "base"), **opts))
+    assert isinstance(subject, PretrainedSubject) and subject.family == "image-classifier"
+    handle, data = subject.load(None)
+    assert handle.image_size == 16 and handle.model.head.out_features == 10
+    assert handle.model.pretrained_head.out_features == 7
+    x = handle.preprocess(data["test"])["pixel_values"]
+    with torch.no_grad():
+        own = ft(pixel_values=x).logits
+    assert (handle.logits({"pixel_values": x}) - own).abs().max().item() < 1e-5
+    assert frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item() == pytest.approx(
+        float((own.argmax(-1).numpy() == np.asarray(data["test"]["label"])).mean()))
+    agree = frame.query("evaluation == 'imagenet-agreement'")
+    assert len(agree) > 0 and agree["value"].between(0, 1).all()
+    drift = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
+    assert len(drift) > 0 and (drift["value"] > 0).all()
+
+    bare = evaluate([tmp_path / "ft"], tmp_path / "without", shifts=["clean"], progress=False, **opts)
+    assert set(bare["evaluation"]) == {"clean"}
+    assert bare.query("metric == 'accuracy'")["value"].item() == pytest.approx(
+        frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item())
+    assert all(EVALUATIONS.get(e).needs_base for e in ("weights", "imagenet-agreement"))
+    r = _cli("evaluate", str(tmp_path / "ft"), "--out", str(tmp_path / "o"), "--shifts", "imagenet-agreement",
+             "--data", "digits", "--no-progress")
+    assert r.returncode == 2 and "--base" in r.stderr and not (tmp_path / "o").exists()

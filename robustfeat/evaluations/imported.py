@@ -12,6 +12,7 @@ transformers folder; nothing is downloaded."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -212,7 +213,7 @@ class ImportedSubject(Subject):
         names = self.label_names
         if self.family == "causal-lm" or not names:
             return []
-        cfg = getattr(handle.model, "config", None)
+        cfg = getattr(handle.model, "config", None) or getattr(getattr(handle.model, "net", None), "config", None)
         id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
         own = [id2label[i] for i in sorted(id2label)]
         if sorted(own) == sorted(names):
@@ -546,9 +547,11 @@ def transformers_handle(folder: Path, name: str, family: str, num_labels: int, o
                         tokenizer: Path | None = None):
     """A handle over the transformers model in ``folder``: transformers' own sequence
     classifier (its head as saved) or causal LM."""
-    from robustfeat.models.zoo import hf_causal_lm, hf_text_classifier
+    from robustfeat.models.zoo import hf_causal_lm, hf_image_classifier, hf_text_classifier
 
     tok = str(tokenizer) if tokenizer is not None else None
+    if family == "image-classifier":
+        return hf_image_classifier(str(folder), name, num_labels, 0, options.image_size)
     if family == "causal-lm":
         return hf_causal_lm(str(folder), name, options.max_length, source=name, tokenizer=tok)
     return hf_text_classifier(str(folder), name, num_labels, 0, options.max_length, source=name, tokenizer=tok)
@@ -594,10 +597,12 @@ class PretrainedSubject(ImportedSubject):
             self._family = "causal-lm"
         elif any(a.endswith("ForSequenceClassification") for a in archs):
             self._family = "text-classifier"
+        elif any(a.endswith("ForImageClassification") for a in archs):
+            self._family = "image-classifier"
         else:
             raise ImportedCheckpointError(f"'{path}' holds a {', '.join(sorted(archs)) or 'model of no architecture'}; "
-                                          "robustfeat evaluates transformers sequence classifiers and causal LMs "
-                                          "saved this way (timm and torchvision weights: a .safetensors file)")
+                                          "robustfeat evaluates transformers sequence classifiers, image classifiers "
+                                          "and causal LMs saved this way (timm and torchvision weights: a .safetensors file)")
         self.base = resolve_base(self.options.base, f"the transformers folder '{path}'") if self.options.base else None
         self._built = self._build(None)
 
@@ -609,7 +614,9 @@ class PretrainedSubject(ImportedSubject):
         return _sha256(f)
 
     def _tokenizer(self) -> Path | None:
-        """Its own tokenizer, else its base's."""
+        """Its own tokenizer, else its base's (an image classifier has none)."""
+        if self._family == "image-classifier":
+            return None
         own = any((self.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
         if own:
             return None
@@ -621,13 +628,17 @@ class PretrainedSubject(ImportedSubject):
     def _build(self, device: str | None) -> tuple:
         from robustfeat.adapters.identity import fingerprint
 
-        outputs = int(getattr(self.config, "num_labels", 2)) if self._family == "text-classifier" else None
+        outputs = int(getattr(self.config, "num_labels", 2)) if self._family != "causal-lm" else None
         self._check_data(self._family, outputs)
         handle = transformers_handle(self.path, str(self.path), self._family, outputs or 2, self.options,
                                      self._tokenizer())
+        if self._family == "image-classifier":  # its own classifier is the task's head
+            handle.model.head = handle.model.pretrained_head
         if self.base is not None:
             base = self._base_handle()
             self._base_fingerprint = fingerprint(base.model, exclude=tuple(base.head))
+            if self._family == "image-classifier":  # the base's pretrained head, for the agreement with it
+                handle.model.pretrained_head = copy.deepcopy(base.model.pretrained_head)
             ours = {k: tuple(v.shape) for k, v in handle.model.state_dict().items()}
             theirs = {k: tuple(v.shape) for k, v in base.model.state_dict().items()}
             head = tuple(f"{h}." for h in handle.head)
@@ -650,7 +661,7 @@ class PretrainedSubject(ImportedSubject):
             handle = transformers_handle(self.base.folder, self.base.model, self._family, outputs, self.options)
         else:
             handle = load_model(self.base.model, num_labels=outputs, family=self._family,
-                                max_length=self.options.max_length)
+                                max_length=self.options.max_length, image_size=self.options.image_size)
         if device is not None:
             handle.to(device)
         handle.model.eval()
