@@ -1,7 +1,8 @@
 """The real MiniLM, both directions: a LoRA trained and saved with PEFT's own API is evaluated by
 robustfeat with the clean accuracy PEFT computes on the same test split, next to robustfeat's own
 runs in one results folder; a robustfeat VeFA run exported to PEFT is loaded by PEFT with the
-run's outputs, and evaluating the export gives the run's results."""
+run's outputs, and evaluating the export gives the run's results. And a PEFT LoRA on the real
+SmolLM2, named by its hub id, evaluated with PEFT's own perplexity."""
 
 from __future__ import annotations
 
@@ -101,3 +102,44 @@ def test_minilm_both_ways(tmp_path):
     a = frame.query("method == 'vefa' and evaluation == 'clean'").set_index(key)["value"].sort_index()
     b = again.set_index(key)["value"].sort_index()
     assert list(a.index) == list(b.index) and np.allclose(a.to_numpy(), b.to_numpy(), atol=1e-6, equal_nan=True)
+
+
+def test_a_peft_lora_on_the_real_smollm2_gives_peft_s_perplexity(tmp_path):
+    """A LoRA made with PEFT on SmolLM2-135M-Instruct, as shared (``base_model_name_or_path`` the
+    hub id): robustfeat resolves the base to its zoo entry and its clean perplexity is the one PEFT's
+    own model computes on the same test texts."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from robustfeat.models.zoo import zoo_entry
+
+    hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    folder = zoo_entry(hub).folder()
+    torch.manual_seed(0)
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                        LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"],
+                                   init_lora_weights=False))
+    pm.peft_config["default"].base_model_name_or_path = hub
+    pm.save_pretrained(tmp_path / "adapter")
+    opts = dict(data="rotten-tomatoes", max_eval_examples=24, max_length=32)
+    frame = evaluate([tmp_path / "adapter"], tmp_path / "res", shifts=["clean"], progress=False, **opts)
+    ppl = frame.query("evaluation == 'clean' and metric == 'perplexity'")["value"].item()
+    subject = read_subject(tmp_path / "adapter", ImportOptions(**opts))
+    assert subject.base.model == "smollm2-135m" and subject.family == "causal-lm"
+    test = subject.bundle["test"]
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+
+    def perplexity(model) -> float:
+        nll = tokens = 0.0
+        with torch.no_grad():
+            for t in test["text"]:
+                ids = tok(str(t), truncation=True, max_length=32, return_tensors="pt")["input_ids"]
+                out = model(input_ids=ids).logits[0, :-1]
+                nll += torch.nn.functional.cross_entropy(out, ids[0, 1:], reduction="sum").item()
+                tokens += ids.shape[1] - 1
+        return float(np.exp(nll / tokens))
+
+    assert ppl == pytest.approx(perplexity(theirs), rel=1e-4)
+    assert abs(ppl / perplexity(base) - 1) > 1e-3  # the adapter changed the model: not two base perplexities
