@@ -139,12 +139,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from robustfeat.data.api import load_dataset, prepare_dataset
+    from robustfeat.data.api import load_dataset, looks_like_path, prepare_dataset
+    from robustfeat.registry import DATASETS
 
-    folder = prepare_dataset(args.name, force=args.force, progress=not args.no_progress)
-    bundle = load_dataset(args.name, progress=False)
+    if args.name not in DATASETS and (looks_like_path(args.name) or args.name.startswith("hf:")):
+        bundle = load_dataset(args.name, progress=False, text_column=args.text_column, label_column=args.label_column,
+                              image_column=args.image_column)  # checks the file: a bad one is refused in one line
+        print(f"{args.name}: read where it is each time it is used (nothing to cache); it reads as "
+              f"{bundle.task}" + (f" with labels {', '.join(map(str, bundle.label_names))}" if bundle.label_names else
+                                  f" (no {args.label_column!r} column: unlabelled text, for causal LMs; "
+                                  "--label-column names another)" if bundle.task == "text" else ""))
+    else:
+        folder = prepare_dataset(args.name, force=args.force, progress=not args.no_progress)
+        bundle = load_dataset(args.name, progress=False)
+        print(f"{args.name}: cached in {folder}")
     rows = [(split, f"{len(t):,}") for split, t in bundle.splits.items()]
-    print(f"{args.name}: cached in {folder}")
     print(format_table(("split", "rows"), rows))
     return 0
 
@@ -311,6 +320,16 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _column_flags(parser, defaults: bool = True) -> None:
+    """How a CSV/JSON file or a saved datasets folder is read (finetune leaves the defaults to
+    TrainConfig, so that a run records only what was given)."""
+    parser.add_argument("--label-column", default="label" if defaults else None,
+                        help="label column of a CSV/JSON file (default label)")
+    parser.add_argument("--text-column", help="text column of a CSV/JSON file (default: text, sentence, review or content)")
+    parser.add_argument("--image-column", default="image" if defaults else None,
+                        help="image column of a saved datasets folder (default image)")
+
+
 def _adapter_flags(parser: argparse.ArgumentParser) -> None:
     """``--rank``, ``--alpha``, ... generated from AdapterConfig's hyperparameter declarations
     (light: no torch import)."""
@@ -358,9 +377,11 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare datasets into the local cache")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    prep = dsub.add_parser("prepare", help="fetch a registered dataset into the cache, with checksums")
-    prep.add_argument("name", help="dataset name (robustfeat ls datasets)")
+    prep = dsub.add_parser("prepare", help="fetch a registered dataset into the cache, with checksums "
+                                           "(a file: check how it reads)")
+    prep.add_argument("name", help="dataset name (robustfeat ls datasets), or a CSV/JSON file or image folder to check")
     prep.add_argument("--force", action="store_true", help="fetch again even if cached")
+    _column_flags(prep)
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_data)
 
@@ -379,9 +400,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, help="seed for data order, splits and init (default 0)")
     ft.add_argument("--image-size", type=int, help="image side in px (default: the model's native size)")
     ft.add_argument("--max-length", type=int, help="max tokens per text (default 128)")
-    ft.add_argument("--text-column", help="text column of a CSV/JSON dataset")
-    ft.add_argument("--label-column", help="label column of a CSV/JSON dataset (default label)")
-    ft.add_argument("--image-column", help="image column of a saved datasets folder (default image)")
+    _column_flags(ft, defaults=False)
     ft.add_argument("--checkpoint-every", type=int, help="save resumable state every N steps (default 50)")
     ft.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
     ft.add_argument("--out", required=True, help="output folder for the checkpoint")
@@ -415,9 +434,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
                                                                 "robustfeat run's seed gives its test set (default 0)")
     made.add_argument("--max-eval-examples", type=int, default=1000,
                       help="cap on validation/test examples (default 1000, as robustfeat runs keep)")
-    made.add_argument("--label-column", default="label", help="label column of a CSV/JSON file (default label)")
-    made.add_argument("--text-column", help="text column of a CSV/JSON file (default: text, sentence, review or content)")
-    made.add_argument("--image-column", default="image", help="image column of a saved datasets folder (default image)")
+    _column_flags(made)
     made.add_argument("--image-size", type=int, help="image side in px (default: the base's native size)")
     made.add_argument("--max-length", type=int, default=128, help="max tokens per text (default 128)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")

@@ -496,6 +496,22 @@ def test_a_missing_file_is_file_not_found_and_a_name_is_an_unknown_dataset(tmp_p
         load_dataset("rotten-tomatos")
 
 
+def test_data_prepare_on_a_file_checks_how_it_reads_and_caches_nothing(tmp_path, capsys, monkeypatch):
+    from robustfeat.cli import main
+
+    monkeypatch.setenv("ROBUSTFEAT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "sent.csv"
+    f.write_text("text,sentiment\n" + "".join(f"film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    assert main(["data", "prepare", str(f), "--label-column", "sentiment"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to cache" in out and "labels neg, pos" in out
+    rows = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[3:]}
+    assert sum(rows.values()) == 40 and set(rows) == {"train", "validation", "test"}
+    assert not (tmp_path / "cache").exists()
+    assert main(["data", "prepare", str(f)]) == 0  # no label column named 'label': plain text
+    assert "reads as text" in capsys.readouterr().out
+
+
 def test_the_fix_a_changed_registered_dataset_suggests_runs_as_printed(tmp_path):
     """`robustfeat data prepare NAME --force`, as the refusal prints it, runs (exit 0)."""
     import re

@@ -194,7 +194,16 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         if suffix in {".csv", ".tsv"}:
             with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-                return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                rows = []
+                for r in reader:
+                    if None in r:  # DictReader keeps a row's extra fields under the key None
+                        header = reader.fieldnames or []
+                        raise DataError(f"'{path}': line {reader.line_num} has {len(header) + len(r[None])} fields "
+                                        f"but the header has {len(header)} ({', '.join(header)}); quote a field "
+                                        "that contains the delimiter")
+                    rows.append(r)
+                return rows
         if suffix == ".jsonl":
             with open(path, encoding="utf-8-sig") as f:
                 return [json.loads(line) for line in f if line.strip()]
@@ -225,7 +234,8 @@ def _text_bundle(name, parts: dict[str, list[dict]], text_column, label_column, 
             for i, r in enumerate(rows):
                 v = r.get(label_column)
                 if v is None or str(v).strip() == "":
-                    raise DataError(f"dataset '{name}': row {i + 1} of '{split}' has no {label_column!r}; "
+                    raise DataError(f"dataset '{name}': row {i + 1}" + (f" of '{split}'" if split != "all" else "")
+                                    + f" has no {label_column!r}; "
                                     "every row of a classification dataset needs a label")
                 values.append(str(v).strip())
             raw[split] = values

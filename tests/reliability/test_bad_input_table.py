@@ -55,6 +55,8 @@ def world(tmp_path_factory):
     (trunc / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
     (bad / "empty.csv").write_text("text,label\n")
     (bad / "nolabel.csv").write_text("text,stars\ngood,5\nbad,1\n")
+    (bad / "extra-field.csv").write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20))
+                                         + "good, not great,1\n")
     tiny_images = bad / "tiny-images"
     for c in ("a", "b"):
         (tiny_images / c).mkdir(parents=True)
@@ -139,6 +141,8 @@ def cases(w):
         (["info", w["nan"]], "NaN or inf"),
         (["info", w["trunc"]], "truncated or corrupt"),
         (["data", "prepare", "mnist-6k"], "mnist-5k"),
+        (["data", "prepare", b / "nope.csv"], "file not found:"),
+        (["data", "prepare", b / "extra-field.csv"], "line 22 has 3 fields but the header has 2"),
         # finetune
         (["finetune", "--model", "tiny-cnnn", "--data", "mnist-5k", "--method", "lora", "--out", out], "tiny-cnn"),
         (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lorra", "--out", out], "lora"),
@@ -152,6 +156,8 @@ def cases(w):
          "shift"),
         (["finetune", "--model", "tiny-bert", "--data", b / "empty.csv", "--method", "lora", "--out", out], "empty"),
         (["finetune", "--model", "tiny-bert", "--data", b / "nolabel.csv", "--method", "lora", "--out", out], "label"),
+        (["finetune", "--model", "tiny-bert", "--data", b / "extra-field.csv", "--method", "lora", "--out", out],
+         "quote a field that contains the delimiter"),
         (["finetune", "--model", "tiny-cnn", "--data", w["tiny_images"], "--method", "lora", "--out", out],
          "too small"),
         (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--out", b / "a-file"],
