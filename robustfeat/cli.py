@@ -139,10 +139,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from robustfeat.data.api import load_dataset, looks_like_path, prepare_dataset
+    from robustfeat.errors import RobustfeatError
     from robustfeat.registry import DATASETS
 
-    if args.name not in DATASETS and (looks_like_path(args.name) or args.name.startswith("hf:")):
+    given = {f"--{k.replace('_', '-')}" for k, v in (("text_column", args.text_column), ("label_column",
+             args.label_column), ("image_column", args.image_column)) if v not in (None, "label", "image")}
+    if args.name in DATASETS and given:
+        raise RobustfeatError(f"'{args.name}' is a registered dataset, which names its own columns; "
+                              f"{', '.join(sorted(given))} {'is' if len(given) == 1 else 'are'} for files")
+    if args.name not in DATASETS and (looks_like_path(args.name) or args.name.startswith("hf:")
+                                      or Path(args.name).expanduser().exists()):
         bundle = load_dataset(args.name, progress=False, text_column=args.text_column, label_column=args.label_column,
                               image_column=args.image_column)  # checks the file: a bad one is refused in one line
         print(f"{args.name}: read where it is each time it is used (nothing to cache); it reads as "
@@ -283,7 +292,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from robustfeat.export import export_run
 
-    out = export_run(args.run, to=args.to, out=args.out, overwrite=args.overwrite)
+    out = export_run(args.run, to=args.to, out=args.out, overwrite=args.overwrite, data=args.data)
     print(f"exported {args.run} as {args.to}: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
@@ -410,7 +419,8 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="run the shift bank on checkpoints; write tidy results (resumable)")
     ev.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                    help="checkpoint folders: robustfeat finetune runs, or PEFT adapter folders (save_pretrained)")
+                    help="robustfeat finetune runs, or checkpoints made elsewhere: PEFT adapter folders, save_adapters "
+                         "folders, transformers save_pretrained folders, timm/torchvision .safetensors weights")
     ev.add_argument("--out", required=True, help="results folder (created; rerun the same command to resume)")
     ev.add_argument("--bank", help="bank name (ls banks); default: the one for the checkpoints' model family")
     ev.add_argument("--shifts", help="comma-separated shifts or evaluations to run (e.g. fog,vader-nyt,cka)")
@@ -477,6 +487,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
                          "into the weights, a transformers save_pretrained folder (safetensors for other models)")
     ex.add_argument("--out", required=True, help="the folder to write (new; --overwrite replaces one)")
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ex.add_argument("--data", help="where the run's data is now, when it moved (the fingerprint must match)")
     ex.set_defaults(func=cmd_export)
 
     qs = sub.add_parser("quickstart", help="the whole story on real models and data: fine-tune, evaluate, report")

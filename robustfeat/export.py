@@ -247,9 +247,23 @@ def _write_merged(handle, raw: dict[str, Any], tmp: Path) -> None:
 
     from robustfeat.adapters.model import has_adapters, merge_and_unload
 
+    from robustfeat.models.vision import ImageTaskModel
+
     model = handle.model
     if has_adapters(model):
         merge_and_unload(model)
+    slot = (next((n for n, m in model.net.named_children() if isinstance(m, nn.Identity)), None)
+            if isinstance(model, ImageTaskModel) and isinstance(model.net, PreTrainedModel) else None)
+    if slot is not None:
+        # a transformers image classifier: the task head goes back into its classifier's place
+        net = model.net
+        setattr(net, slot, model.head)
+        names = list(raw.get("data", {}).get("label_names") or range(model.head.out_features))
+        net.config.num_labels = model.head.out_features
+        net.config.id2label = {i: str(n) for i, n in enumerate(names)}
+        net.config.label2id = {str(n): i for i, n in enumerate(names)}
+        net.save_pretrained(tmp)
+        return
     prefix = backbone(model)
     inner = model.get_submodule(prefix) if prefix else model
     if isinstance(inner, PreTrainedModel):
@@ -278,40 +292,64 @@ def peft_base_name(model: str) -> str:
     return entry.hub_ids[0] if entry is not None and entry.hub_ids else model
 
 
-def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike | None = None,
-               overwrite: bool = False) -> Path:
-    """Write the finished run at ``path`` as ``to`` (:data:`EXPORTS`: ``peft``, ``merged``)
-    into ``out`` (a new folder; ``overwrite`` replaces one). The folder appears whole or not
-    at all."""
-    if to not in EXPORTS:
-        raise RobustfeatError(f"unknown export format '{to}'; give --to {' or --to '.join(EXPORTS)}")
-    if out is None:
-        raise RobustfeatError("give --out DIR, the folder to write the export into")
-    dest = Path(out)
+def _check_destination(dest: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot be written whole, or whose replacement would delete
+    the run itself (or the directory the command runs in), before anything is built."""
     if dest.exists() and not overwrite:
         raise RobustfeatError(f"'{dest}' already exists; give another --out or --overwrite to replace it")
+    if dest.exists() and not dest.is_dir():
+        raise RobustfeatError(f"'{dest}' is a file, not a folder; give --out a folder to write the export into")
+    parent = next((p for p in dest.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise RobustfeatError(f"'{parent}' is a file, so '{dest}' cannot be made; give --out a folder path")
+    target, source, here = dest.resolve(), run.resolve(), Path.cwd().resolve()
+    if target == source or target in source.parents:
+        raise RobustfeatError(f"--out '{dest}' is the run '{run}' or holds it; exporting there would replace "
+                              "the run itself: give a new folder")
+    if dest.exists() and (target == here or target in here.parents):
+        raise RobustfeatError(f"--out '{dest}' holds the current directory; give a new folder")
+
+
+def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike | None = None,
+               overwrite: bool = False, data: str | None = None) -> Path:
+    """Write the finished run at ``path`` as ``to`` (:data:`EXPORTS`: ``peft``, ``merged``)
+    into ``out`` (a new folder; ``overwrite`` replaces one; ``data``: where the run's data is
+    now, when it moved). The folder appears whole or not at all, and a refusal leaves no
+    folder behind."""
+    if to not in EXPORTS:
+        raise RobustfeatError(f"unknown export format '{to}'; give --to {' or --to '.join(EXPORTS)}")
+    if out is None or not str(out).strip():
+        raise RobustfeatError("give --out DIR, the folder to write the export into")
+    dest = Path(out)
+    _check_destination(dest, Path(path), overwrite)
+    from robustfeat.adapters.checkpoint import refuse_pickle
     from robustfeat.errors import UnknownNameError
     from robustfeat.models.zoo import ModelUnavailableError
-    from robustfeat.train.loop import load_run
     from robustfeat.train.record import RunRecord
 
-    model = RunRecord.read(path).model  # a clear refusal for a folder that is not a finished run
+    refuse_pickle(path)  # before the record is read and the base model built
+    record = RunRecord.read(path)  # a clear refusal for a folder that is not a finished run
+    if to == "peft" and record.raw["adapter"]["method"] in ("full", "linear"):
+        method = record.raw["adapter"]["method"]
+        raise UnsupportedError(f"a {method} run has no adapter to export to PEFT (it changes the model's own "
+                               "weights); export it with --to merged")
     try:
-        handle, _, raw = load_run(path)
+        handle, _ = record.rebuild(data=data)
     except (UnknownNameError, ModelUnavailableError) as e:
-        raise RobustfeatError(f"cannot export '{path}': its base model '{model}' is not available here ({e})") from None
-    if to == "peft":  # refused methods are refused before anything is written
-        method = raw["adapter"]["method"]
-        if method in ("full", "linear"):
-            raise UnsupportedError(f"a {method} run has no adapter to export to PEFT (it changes the model's own "
-                                   "weights); export it with --to merged")
+        raise RobustfeatError(f"cannot export '{path}': its base model '{record.model}' is not available here "
+                              f"({e})") from None
+    made = next((p for p in reversed([dest.absolute(), *dest.absolute().parents]) if not p.exists()), None)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        EXPORTS[to](handle, raw, tmp)
+        EXPORTS[to](handle, record.raw, tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
+    except BaseException:
+        if made is not None and made != dest.absolute() and made.exists():
+            shutil.rmtree(made, ignore_errors=True)  # the parents this call made hold only its temporary folder
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -466,18 +466,24 @@ def test_a_run_on_a_user_file_is_found_from_anywhere_and_moved_data_by_fingerpri
     assert record["data"]["provenance"]["path"] == str(tmp_path / "proj" / "data" / "sent.csv")
     assert record["data"]["label_names"] == ["neg", "pos"]
     monkeypatch.chdir("/")
-    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res1"), "--shifts", "clean", "--no-progress")
+    # the linear probe reads the fine-tuning data in full (to drop its texts from the probe's)
+    shifts = ["--shifts", "clean,linear-probe", "--quick"]
+    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res1"), *shifts, "--no-progress")
     assert r.returncode == 0, r.stderr
     first = (tmp_path / "res1" / "results.csv").read_text()
+    assert "linear-probe" in first
     # the file moves: its old place is named, with the flag that fixes it
     shutil.move(tmp_path / "proj" / "data", tmp_path / "elsewhere")
-    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res2"), "--shifts", "clean", "--no-progress")
-    assert r.returncode == 2 and f"file not found: {tmp_path / 'proj' / 'data' / 'sent.csv'}" in r.stderr
-    assert "--data" in r.stderr and not (tmp_path / "res2").exists()
-    r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res2"), "--shifts", "clean", "--no-progress",
-             "--data", str(tmp_path / "elsewhere" / "sent.csv"))
-    assert r.returncode == 0, r.stderr
+    for command in (["evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res2"), *shifts],
+                    ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]):
+        r = _cli(*command, "--no-progress") if command[0] == "evaluate" else _cli(*command)
+        assert r.returncode == 2 and f"file not found: {tmp_path / 'proj' / 'data' / 'sent.csv'}" in r.stderr
+        assert "--data" in r.stderr and not Path(command[command.index("--out") + 1]).exists()
+        r = (_cli(*command, "--no-progress", "--data", str(tmp_path / "elsewhere" / "sent.csv"))
+             if command[0] == "evaluate" else _cli(*command, "--data", str(tmp_path / "elsewhere" / "sent.csv")))
+        assert r.returncode == 0, r.stderr
     assert (tmp_path / "res2" / "results.csv").read_text() == first
+    assert (tmp_path / "exported" / "adapter_config.json").is_file()
     # other data under the same name is refused before anything is written
     (tmp_path / "other.csv").write_text("\n".join(rows[:1] + rows[1:][::-1]) + "\n")
     r = _cli("evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res3"), "--no-progress",
@@ -553,7 +559,7 @@ def test_an_exported_image_run_evaluates_as_the_run(tmp_path, method, to):
         assert config["task_type"] is None and config["modules_to_save"] == ["head"]
         checkpoint = tmp_path / "export"
     else:
-        checkpoint = tmp_path / "export" / "model.safetensors"
+        checkpoint = tmp_path / "export"  # the folder, as export wrote it
     a = evaluate([tmp_path / "run"], tmp_path / "res-run", shifts=["clean", "weights"], progress=False)
     b = evaluate([checkpoint], tmp_path / "res-export", shifts=["clean", "weights"], progress=False,
                  data="mnist-5k", image_size=32, max_eval_examples=64, base="tiny-cnn")
@@ -686,3 +692,36 @@ def test_a_transformers_image_classifier_folder_is_evaluated_with_and_without_it
     r = _cli("evaluate", str(tmp_path / "ft"), "--out", str(tmp_path / "o"), "--shifts", "imagenet-agreement",
              "--data", "digits", "--no-progress")
     assert r.returncode == 2 and "--base" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_transformers_image_run_exported_merged_is_transformers_own_classifier(tmp_path):
+    """A LoRA run on a transformers image classifier (a tiny ViT folder), exported --to merged: the
+    task head is back in the classifier's place (transformers loads every weight, the labels named),
+    and evaluating the export gives the run's clean results and drift."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from robustfeat.export import export_run
+    from robustfeat.train.config import TrainConfig
+    from robustfeat.train.loop import finetune
+
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=48, num_labels=3)
+                              ).save_pretrained(tmp_path / "vit")
+    cfg = TrainConfig(model=str(tmp_path / "vit"), data="digits", method="lora", targets=["q_proj", "v_proj"],
+                      max_examples=64, max_eval_examples=64, lr=5e-3)
+    finetune(cfg, tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", to="merged", out=tmp_path / "export")
+    model, info = ViTForImageClassification.from_pretrained(tmp_path / "export", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_labels == 10 and model.config.id2label[3] == "3"
+    a = evaluate([tmp_path / "run"], tmp_path / "res-run", shifts=["clean", "weights"], progress=False)
+    b = evaluate([tmp_path / "export"], tmp_path / "res-export", shifts=["clean", "weights"], progress=False,
+                 base=str(tmp_path / "vit"), data="digits", max_eval_examples=64)
+    key = ["evaluation", "shift", "metric"]
+    ours, theirs = a.set_index(key)["value"].sort_index(), b.set_index(key)["value"].sort_index()
+    # a transformers folder is measured on the layers whose weight changed: the run's q/v layers
+    assert list(ours.index) == list(theirs.index)
+    assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-5, equal_nan=True)
+    layers = ours.xs("relative_change", level="metric").drop("all", level="shift")
+    assert len(layers) == 4 and (layers > 0).all()  # q and v of two layers

@@ -101,6 +101,66 @@ def resolve_base(spec: str | None, what: str) -> Base:
                                   "pass --base MODEL to name where it is")
 
 
+def read_safetensors(f: Path, metadata: bool = False):
+    """The tensors of the safetensors file ``f`` (and its metadata), or one clear error for a
+    truncated or corrupt one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), "pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            return (tensors, fh.metadata() or {}) if metadata else tensors
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ImportedCheckpointError(f"'{f}' is not a readable safetensors file, truncated or corrupt ({e}); "
+                                      "save it again") from None
+
+
+def folder_family(folder: Path) -> str:
+    """The model family of the transformers folder ``folder``, from its config (a plain
+    encoder counts as a text model)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise ImportedCheckpointError(f"'{folder / 'config.json'}' cannot be read by transformers ({e})") from None
+    archs = set(getattr(config, "architectures", None) or [])
+    if archs & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        return "causal-lm"
+    if any(a.endswith("ForImageClassification") for a in archs) or hasattr(config, "num_channels"):
+        return "image-classifier"
+    return "text-classifier"
+
+
+def check_base_family(base: Base, family: str, what: str) -> None:
+    """Refuse a local base folder of another family than the checkpoint's, before loading it."""
+    if base.folder is not None and base.model == str(base.folder):
+        theirs = folder_family(base.folder)
+        if theirs != family:
+            raise ImportedCheckpointError(f"the base '{base.spec}' is of the {theirs} family, but {what} is of the "
+                                          f"{family} family; pass the --base it was fine-tuned from")
+
+
+def changed_layers(handle, base) -> list[str]:
+    """The paths of the linear and convolution layers of ``handle``'s model (its heads left
+    out) whose weight differs from the same layer's in ``base``: where a full fine-tune made
+    elsewhere changed the model, so where its drift is measured."""
+    from robustfeat.adapters.layers import layer_kind
+
+    skip = tuple(handle.head) + ("pretrained_head",)
+    theirs = dict(base.model.named_modules())
+    out = []
+    for path, module in handle.model.named_modules():
+        if not path or path.split(".")[0] in skip or layer_kind(module) is None:
+            continue
+        other = theirs.get(path)
+        w, w0 = getattr(module, "weight", None), getattr(other, "weight", None)
+        if w is not None and w0 is not None and w.shape == w0.shape and not torch.equal(w, w0):
+            out.append(path)
+    return out
+
+
 def head_size(state: dict[str, torch.Tensor], head: str) -> int | None:
     """The number of outputs of the trained head ``head`` in ``state`` (its last matrix's
     rows), None when ``state`` holds none of it."""
@@ -134,6 +194,13 @@ class ImportedSubject(Subject):
                             text_column=o.text_column, label_column=o.label_column, image_column=o.image_column,
                             progress=False)
 
+    def full_data(self, seed: int):
+        from robustfeat.data.api import load_dataset
+
+        o = self.options
+        return load_dataset(o.data, seed=seed, text_column=o.text_column, label_column=o.label_column,
+                            image_column=o.image_column, progress=False)
+
     data = property(lambda self: self.options.data)  # type: ignore[assignment]
     data_name = property(lambda self: self.bundle.name)  # type: ignore[assignment]
     data_fingerprint = property(lambda self: self.bundle.fingerprint)  # type: ignore[assignment]
@@ -156,8 +223,12 @@ class ImportedSubject(Subject):
     def id(self) -> str:
         from robustfeat.results import safe_name
 
-        h = hashlib.sha256(json.dumps([self.kind, self.model, self.options.data, self.options.data_seed,
-                                       self.options.max_eval_examples, self.weights_sha256]).encode())
+        from dataclasses import asdict
+
+        # the resolved base and the data's fingerprint, not how they were named (a relative or absolute path)
+        read = {k: v for k, v in asdict(self.options).items() if k not in ("base", "data")}
+        h = hashlib.sha256(json.dumps([self.kind, self.model, self.data_fingerprint, read, self.weights_sha256],
+                                      sort_keys=True, default=str).encode())
         return f"{safe_name(self.path.name)}-{h.hexdigest()[:8]}"
 
     #: the base model, found offline (None: not known, so drift and forgetting are skipped)
@@ -328,9 +399,7 @@ class PeftSubject(ImportedSubject):
 
     @cached_property
     def _state(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        return load_file(str(self.path / ADAPTER_WEIGHTS))
+        return read_safetensors(self.path / ADAPTER_WEIGHTS)
 
     @cached_property
     def _head_file(self) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
@@ -338,13 +407,7 @@ class PeftSubject(ImportedSubject):
         from robustfeat.export import HEAD_FILE
 
         f = self.path / HEAD_FILE
-        if not f.is_file():
-            return None
-        from safetensors import safe_open
-
-        with safe_open(str(f), "pt") as fh:
-            meta = fh.metadata() or {}
-            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+        return read_safetensors(f, metadata=True) if f.is_file() else None
 
     def _head_outputs(self) -> int | None:
         if self._head_file is not None:
@@ -375,6 +438,7 @@ class PeftSubject(ImportedSubject):
         from robustfeat.models.zoo import hf_text_classifier, load_model
 
         o = self.options
+        check_base_family(self.base, self._family, f"the PEFT adapter '{self.path}'")
         outputs = self._head_outputs() or max(self.bundle.num_labels, 2)
         if self.config.get("task_type") == "SEQ_CLS" and self.base.folder is not None:
             # PEFT's sequence classifier is transformers' own class, whatever head the zoo puts on the base
@@ -544,17 +608,26 @@ class AdaptersSubject(ImportedSubject):
 
 
 def transformers_handle(folder: Path, name: str, family: str, num_labels: int, options: ImportOptions,
-                        tokenizer: Path | None = None):
+                        tokenizer: Path | None = None, pooling: str = "cls"):
     """A handle over the transformers model in ``folder``: transformers' own sequence
-    classifier (its head as saved) or causal LM."""
+    classifier (its head as saved; ``pooling="mean"``: a plain encoder under robustfeat's
+    mean-pooled head), image classifier or causal LM. Weights transformers cannot read are
+    one clear error."""
+    from safetensors import SafetensorError
+
     from robustfeat.models.zoo import hf_causal_lm, hf_image_classifier, hf_text_classifier
 
     tok = str(tokenizer) if tokenizer is not None else None
-    if family == "image-classifier":
-        return hf_image_classifier(str(folder), name, num_labels, 0, options.image_size)
-    if family == "causal-lm":
-        return hf_causal_lm(str(folder), name, options.max_length, source=name, tokenizer=tok)
-    return hf_text_classifier(str(folder), name, num_labels, 0, options.max_length, source=name, tokenizer=tok)
+    try:
+        if family == "image-classifier":
+            return hf_image_classifier(str(folder), name, num_labels, 0, options.image_size)
+        if family == "causal-lm":
+            return hf_causal_lm(str(folder), name, options.max_length, source=name, tokenizer=tok)
+        return hf_text_classifier(str(folder), name, num_labels, 0, options.max_length, source=name, tokenizer=tok,
+                                  pooling=pooling)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ImportedCheckpointError(f"transformers cannot load the model in '{folder}' ({first})") from None
 
 
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -562,15 +635,15 @@ TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 class PretrainedSubject(ImportedSubject):
     """A transformers ``save_pretrained`` folder of a fully fine-tuned model (``config.json``
-    + ``model.safetensors``, as transformers' Trainer writes it): a sequence classifier or a
-    causal LM. ``base`` names the model it was fine-tuned from; without one, the evaluations
-    that compare with the base (drift, forgetting) are skipped and the results say so. Drift
-    is measured, as for robustfeat's ``full`` runs, on the layers the model's default
-    targets name."""
+    + ``model.safetensors``, as transformers' Trainer writes it): a sequence classifier, an
+    image classifier or a causal LM (or an encoder with robustfeat's head beside it, as
+    ``export --to merged`` writes MiniLM). ``base`` names the model it was fine-tuned from;
+    without one, the evaluations that compare with the base (drift, forgetting) are skipped
+    and the results say so. Drift is measured on every linear and convolution layer whose
+    weight differs from the base's."""
 
     kind = "transformers"
     method = "transformers"  # type: ignore[assignment]
-    targets: list[str] = []  # type: ignore[assignment]
 
     @staticmethod
     def detect(path: Path) -> bool:
@@ -599,19 +672,46 @@ class PretrainedSubject(ImportedSubject):
             self._family = "text-classifier"
         elif any(a.endswith("ForImageClassification") for a in archs):
             self._family = "image-classifier"
+        elif self._head is not None and self._head[1].get("model_class") == "MeanPoolClassifier":
+            self._family, self._pooling = "text-classifier", "mean"  # an encoder, robustfeat's head beside it
         else:
             raise ImportedCheckpointError(f"'{path}' holds a {', '.join(sorted(archs)) or 'model of no architecture'}; "
                                           "robustfeat evaluates transformers sequence classifiers, image classifiers "
                                           "and causal LMs saved this way (timm and torchvision weights: a .safetensors file)")
         self.base = resolve_base(self.options.base, f"the transformers folder '{path}'") if self.options.base else None
         self._built = self._build(None)
+        _ = self.targets
 
     family = property(lambda self: self._family)  # type: ignore[assignment]
+    _pooling = "cls"
+
+    @cached_property
+    def _head(self) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """robustfeat's own head beside the encoder (``robustfeat export --to merged`` of MiniLM)."""
+        from robustfeat.export import HEAD_FILE
+
+        f = self.path / HEAD_FILE
+        return read_safetensors(f, metadata=True) if f.is_file() else None
+
+    @property
+    def _outputs(self) -> int | None:
+        if self._family == "causal-lm":
+            return None
+        if self._pooling == "mean":
+            return head_size(self._head[0], "classifier")
+        return int(getattr(self.config, "num_labels", 2))
 
     @cached_property
     def weights_sha256(self) -> str:  # type: ignore[override]
-        f = next(self.path / n for n in TRANSFORMERS_WEIGHTS if (self.path / n).is_file())
-        return _sha256(f)
+        """Over every weight file (each shard of a sharded checkpoint) and the head beside them."""
+        from robustfeat.export import HEAD_FILE
+
+        files = sorted(self.path.glob("model*.safetensors")) + [self.path / HEAD_FILE]
+        h = hashlib.sha256()
+        for f in files:
+            if f.is_file():
+                h.update(f"{f.name}:{_sha256(f)};".encode())
+        return h.hexdigest()
 
     def _tokenizer(self) -> Path | None:
         """Its own tokenizer, else its base's (an image classifier has none)."""
@@ -628,12 +728,19 @@ class PretrainedSubject(ImportedSubject):
     def _build(self, device: str | None) -> tuple:
         from robustfeat.adapters.identity import fingerprint
 
-        outputs = int(getattr(self.config, "num_labels", 2)) if self._family != "causal-lm" else None
+        outputs = self._outputs
         self._check_data(self._family, outputs)
         handle = transformers_handle(self.path, str(self.path), self._family, outputs or 2, self.options,
-                                     self._tokenizer())
+                                     self._tokenizer(), pooling=self._pooling)
         if self._family == "image-classifier":  # its own classifier is the task's head
             handle.model.head = handle.model.pretrained_head
+        if self._pooling == "mean":
+            head = self._head[0]
+            own = {k for k in handle.model.state_dict() if not k.startswith("encoder.")}
+            if set(head) != own:
+                raise ImportedCheckpointError(f"'{self.path}': its head file holds {sorted(head)}, the model's head "
+                                              f"{sorted(own)}")
+            handle.model.load_state_dict(head, strict=False)
         if self.base is not None:
             base = self._base_handle()
             self._base_fingerprint = fingerprint(base.model, exclude=tuple(base.head))
@@ -648,17 +755,20 @@ class PretrainedSubject(ImportedSubject):
                                               f"the base '{self.base.spec}' does not fit '{self.path}': {len(wrong)} weights differ in name or "
                     f"shape (first: {wrong[0]} {ours[wrong[0]]} vs {theirs.get(wrong[0])}); pass the --base it was "
                     "fine-tuned from")
+        changed = changed_layers(handle, base) if self.base is not None else []
         self._notes = self._match_labels(handle)
-        return handle, []
+        return handle, changed
 
     def _base_handle(self, device=None):
         from robustfeat.models.zoo import load_model
 
         if self.base is None:
             raise ImportedCheckpointError(f"'{self.path}' was given no --base")
-        outputs = int(getattr(self.config, "num_labels", 2))
+        check_base_family(self.base, self._family, f"the transformers folder '{self.path}'")
+        outputs = self._outputs or 2
         if self.base.folder is not None:
-            handle = transformers_handle(self.base.folder, self.base.model, self._family, outputs, self.options)
+            handle = transformers_handle(self.base.folder, self.base.model, self._family, outputs, self.options,
+                                         pooling=self._pooling)
         else:
             handle = load_model(self.base.model, num_labels=outputs, family=self._family,
                                 max_length=self.options.max_length, image_size=self.options.image_size)
@@ -673,15 +783,20 @@ class WeightsSubject(ImportedSubject):
     (its ``state_dict``, the classifier sized for the task), with ``base`` naming its
     architecture and pretrained weights (``timm:NAME``, ``torchvision:NAME``). The classifier
     becomes the task head; the base's own head stays beside it for the forgetting probes, as
-    for robustfeat's runs. Drift is measured on the model's default targets."""
+    for robustfeat's runs. Drift is measured on every linear and convolution layer whose weight
+    differs from the base's."""
 
     kind = "weights"
     method = "weights"  # type: ignore[assignment]
-    targets: list[str] = []  # type: ignore[assignment]
     family = "image-classifier"  # type: ignore[assignment]
 
     @staticmethod
     def detect(path: Path) -> bool:
+        """A ``.safetensors`` file, or a folder holding only a ``model.safetensors`` of that kind
+        (what ``robustfeat export --to merged`` writes for a model transformers does not build)."""
+        if path.is_dir():
+            return (path / "model.safetensors").is_file() and not (path / "config.json").exists() \
+                and not (path / ADAPTER_CONFIG).exists()
         return path.is_file() and path.suffix == ".safetensors"
 
     def __init__(self, path: str | os.PathLike, options: ImportOptions | None = None) -> None:
@@ -689,6 +804,8 @@ class WeightsSubject(ImportedSubject):
 
         p = Path(path).expanduser().absolute()
         refuse_pickle(p)
+        if p.is_dir():
+            p = p / "model.safetensors"
         super().__init__(p, options)
         spec = self.options.base
         from robustfeat.models.zoo import zoo_entry
@@ -700,6 +817,7 @@ class WeightsSubject(ImportedSubject):
                                           "fine-tuned from)")
         self.base = resolve_base(spec, f"the weights file '{path}'")
         self._built = self._build(None)
+        _ = self.targets
 
     @cached_property
     def weights_sha256(self) -> str:  # type: ignore[override]
@@ -707,13 +825,7 @@ class WeightsSubject(ImportedSubject):
 
     @cached_property
     def _state(self) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(self.path))
-        except (SafetensorError, OSError) as e:
-            raise ImportedCheckpointError(f"'{self.path}' is not a readable safetensors file ({e})") from None
+        return read_safetensors(self.path)
 
     def _split(self, handle) -> tuple[str, dict[str, torch.Tensor]]:
         """The classifier's path in the base and the state under the handle's names (a file
@@ -740,6 +852,7 @@ class WeightsSubject(ImportedSubject):
 
         handle = self._base_handle()
         self._base_fingerprint = fingerprint(handle.model, exclude=tuple(handle.head))
+        base = copy.deepcopy(handle)  # the weights are loaded into ``handle``; drift is read against this
         _, state = self._split(handle)
         self._outputs = int(state["head.weight"].shape[0])
         self._check_data(self.family, self._outputs)
@@ -755,7 +868,7 @@ class WeightsSubject(ImportedSubject):
             raise ImportedCheckpointError(f"the weights in '{self.path}' do not fit the base '{self.base.spec}' "
                                           f"({first}); pass the --base it was fine-tuned from") from None
         self._notes = self._match_labels(handle)
-        return handle, []
+        return handle, changed_layers(handle, base)
 
     def _base_handle(self, device=None):
         from robustfeat.models.zoo import load_model
@@ -784,10 +897,21 @@ def _reorder_head(handle, order: list[int]) -> bool:
     return True
 
 
+def _shapes(f: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes in the safetensors file ``f``, read from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), "pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ImportedCheckpointError(f"'{f}' is not a readable safetensors file, truncated or corrupt ({e}); "
+                                      "save it again") from None
+
+
 def peft_info(path: str | os.PathLike) -> dict[str, Any]:
     """What a PEFT adapter folder holds (``robustfeat info``), read without its base or data."""
     from robustfeat.adapters.checkpoint import refuse_pickle
-    from safetensors import safe_open
 
     p = Path(path).expanduser().absolute()
     refuse_pickle(p)
@@ -795,8 +919,7 @@ def peft_info(path: str | os.PathLike) -> dict[str, Any]:
     weights = p / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ImportedCheckpointError(f"'{path}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
-    with safe_open(str(weights), "pt") as fh:
-        shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    shapes = _shapes(weights)
     targets = config.get("target_modules")
     return {"kind": "peft", "peft_type": config["peft_type"], "task_type": config.get("task_type"),
             "use_dora": bool(config.get("use_dora")), "base_model_name_or_path": config.get("base_model_name_or_path"),
@@ -817,8 +940,6 @@ def imported_info(path: str | os.PathLike) -> dict[str, Any] | None:
         return peft_info(p)
     if PretrainedSubject.detect(p) or WeightsSubject.detect(p):
         refuse_pickle(p)
-        from safetensors import safe_open
-
         if p.is_file():
             files = [p]
             info: dict[str, Any] = {"kind": "weights"}
@@ -826,15 +947,14 @@ def imported_info(path: str | os.PathLike) -> dict[str, Any] | None:
             files = sorted(p.glob("model*.safetensors"))
             if not files:
                 raise ImportedCheckpointError(f"'{path}' has a config.json but no model.safetensors")
-            config = json.loads((p / "config.json").read_text())
+            try:
+                config = json.loads((p / "config.json").read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ImportedCheckpointError(f"'{p / 'config.json'}' is not valid JSON ({e})") from None
             info = {"kind": "transformers", "architectures": config.get("architectures") or [],
                     "model_type": config.get("model_type"), "num_labels": len(config.get("id2label") or {}) or None}
-        elements = tensors = 0
-        for f in files:
-            with safe_open(str(f), "pt") as fh:
-                for k in fh.keys():
-                    tensors += 1
-                    elements += int(torch.Size(fh.get_slice(k).get_shape()).numel())
+        shapes = [shape for f in files for shape in _shapes(f).values()]
+        tensors, elements = len(shapes), sum(int(torch.Size(shape).numel()) for shape in shapes)
         return {**info, "tensors": tensors, "num_tensor_elements": elements,
                 "weights_sha256": {f.name: _sha256(f) for f in files}}
     return None

@@ -146,7 +146,7 @@ class LinearProbe(Evaluation):
         if "text" in splits["train"] and ctx.data.input_column == "text":
             from robustfeat.data.dedup import loose_keys, loose_matches
 
-            full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
+            full = ctx.subject.full_data(ctx.options.seed)
             ref = loose_keys(t for n in full.splits for t in full[n]["text"])
             dropped = total = 0
             for k, t in splits.items():

@@ -11,6 +11,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from robustfeat.errors import RobustfeatError
@@ -66,6 +67,13 @@ class Subject:
         """The base model's handle: the same pretrained weights without fine-tuning."""
         raise NotImplementedError
 
+    def full_data(self, seed: int):
+        """Its fine-tuning data in full (every split, untrimmed), read from where it is now and
+        as it was read for training (its columns): what the deduplication against it needs."""
+        from robustfeat.data.api import load_dataset
+
+        return load_dataset(self.data, seed=seed, progress=False)
+
 
 class RunSubject(Subject):
     """A finished run folder of ``robustfeat finetune`` (checkpoint + ``robustfeat.json``)."""
@@ -93,12 +101,21 @@ class RunSubject(Subject):
         from robustfeat.registry import DATASETS
 
         config = self.record.config_for(self.data_override)
+        if config.data in DATASETS and config.data != self.record.data:
+            self.record.check_data(SimpleNamespace(fingerprint=None), config.data)  # another registered dataset
         if config.data in DATASETS or config.data.startswith("hf:"):
             return
         bundle = load_dataset(config.data, seed=config.seed, max_examples=config.max_examples,
                               max_eval_examples=config.max_eval_examples, text_column=config.text_column,
                               label_column=config.label_column, image_column=config.image_column, progress=False)
         self.record.check_data(bundle, config.data)
+
+    def full_data(self, seed: int):
+        from robustfeat.data.api import load_dataset
+
+        config = self.record.config_for(self.data_override)
+        return load_dataset(config.data, seed=seed, text_column=config.text_column, label_column=config.label_column,
+                            image_column=config.image_column, progress=False)
 
     @cached_property
     def _adapter_config(self) -> dict[str, Any]:

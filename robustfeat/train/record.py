@@ -152,6 +152,9 @@ class RunRecord:
             return
         from robustfeat.registry import DATASETS
 
+        if source in DATASETS and source != self.data:
+            raise TrainingError(f"'{source}' is not the data '{self.path}' was fine-tuned on ({self.data}); leave "
+                                f"out --data, or give --data with where {self.data} is now")
         if source in DATASETS:
             raise TrainingError(f"the data of '{self.path}' changed since training (fingerprint differs); run "
                                 f"`robustfeat data prepare {source} --force` to fetch it again, or fine-tune again")

@@ -127,6 +127,19 @@ def _made_elsewhere(root: Path, bad: Path) -> Path:
     finetune(TrainConfig(model=str(bad / "gone-base"), data=str(bad / "three.csv"), method="lora", max_examples=16,
                          max_eval_examples=8), bad / "gone-run", progress=False)
     shutil.rmtree(bad / "gone-base")
+    # broken files made elsewhere, a base of another family, and a run with no PEFT form (vefa with a shift)
+    shutil.copytree(peft, bad / "peft-truncated")
+    weights = bad / "peft-truncated" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (bad / "badjson-hf").mkdir()
+    (bad / "badjson-hf" / "config.json").write_text("{not json")
+    (bad / "badjson-hf" / "model.safetensors").write_bytes(b"junk")
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=48)).save_pretrained(root / "vit")
+    finetune(TrainConfig(model="tiny-bert", data=str(bad / "three.csv"), method="vefa", shift=True, max_examples=16,
+                         max_eval_examples=8), bad / "vefa-shift", progress=False)
     return peft
 
 
@@ -142,6 +155,7 @@ def cases(w):
         (["info", w["trunc"]], "truncated or corrupt"),
         (["data", "prepare", "mnist-6k"], "mnist-5k"),
         (["data", "prepare", b / "nope.csv"], "file not found:"),
+        (["data", "prepare", "digits", "--label-column", "y"], "--label-column is for files"),
         (["data", "prepare", b / "extra-field.csv"], "line 22 has 3 fields but the header has 2"),
         # finetune
         (["finetune", "--model", "tiny-cnnn", "--data", "mnist-5k", "--method", "lora", "--out", out], "tiny-cnn"),
@@ -194,6 +208,12 @@ def cases(w):
         (["evaluate", w["peft"], "--data", b / "nope.csv", "--out", out], "file not found:"),
         (["evaluate", b / "pickled-hf", "--data", b / "reviews.csv", "--out", out], "pickle"),
         (["evaluate", ck, "--base", "tiny-cnn", "--out", out], "records its base"),
+        (["evaluate", ck, "--data", "digits", "--out", out], "'digits' is not the data"),
+        (["evaluate", b / "peft-truncated", "--data", b / "reviews.csv", "--out", out], "truncated or corrupt"),
+        (["evaluate", w["peft"], "--data", b / "reviews.csv", "--base", w["root"] / "vit", "--out", out],
+         "is of the image-classifier family"),
+        (["info", b / "peft-truncated"], "truncated or corrupt"),
+        (["info", b / "badjson-hf"], "not valid JSON"),
         (["info", b / "peft-unknown"], "'NOT_A_TUNER'"),
         # report
         (["report", b / "nope", "--out", b / "r.html"], "does not exist"),
@@ -215,6 +235,11 @@ def cases(w):
         (["export", ck, "--out", res], "already exists"),
         (["export", ck, "--to", "onnx", "--out", out], "invalid choice: 'onnx'"),
         (["export", b / "gone-run", "--out", out], "gone-base"),
+        (["export", ck, "--to", "merged", "--out", ck, "--overwrite"], "would replace the run itself"),
+        (["export", ck, "--to", "merged", "--out", w["root"], "--overwrite"], "would replace the run itself"),
+        (["export", ck, "--out", b / "a-file", "--overwrite"], "is a file, not a folder"),
+        (["export", ck, "--out", b / "a-file" / "sub"], "is a file, so"),
+        (["export", b / "vefa-shift", "--out", b / "new-deep" / "x"], "shift"),
         # quickstart
         (["quickstart", "--out", b / "a-file"], "is a file"),
     ]
