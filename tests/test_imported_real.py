@@ -102,6 +102,13 @@ def test_minilm_both_ways(tmp_path):
     a = frame.query("method == 'vefa' and evaluation == 'clean'").set_index(key)["value"].sort_index()
     b = again.set_index(key)["value"].sort_index()
     assert list(a.index) == list(b.index) and np.allclose(a.to_numpy(), b.to_numpy(), atol=1e-6, equal_nan=True)
+    # merged into the encoder's weights (a BertModel folder, the head beside it): the same again
+    export_run(tmp_path / "vefa", to="merged", out=tmp_path / "vefa-merged")
+    AutoModel.from_pretrained(tmp_path / "vefa-merged")  # transformers' own encoder
+    merged = evaluate([tmp_path / "vefa-merged"], tmp_path / "res-merged", shifts=["clean"], progress=False,
+                      data="rotten-tomatoes", max_eval_examples=SIZES["max_eval_examples"], max_length=48)
+    c = merged.set_index(key)["value"].sort_index()
+    assert list(a.index) == list(c.index) and np.allclose(a.to_numpy(), c.to_numpy(), atol=1e-5, equal_nan=True)
 
 
 def test_a_peft_lora_on_the_real_smollm2_gives_peft_s_perplexity(tmp_path):
