@@ -525,7 +525,7 @@ def test_the_fix_a_changed_registered_dataset_suggests_runs_as_printed(tmp_path)
 
     from robustfeat.train.record import RunRecord
 
-    record = RunRecord(tmp_path, {"data": {"fingerprint": "a"}, "config": {}, "model": {}})
+    record = RunRecord(tmp_path, {"data": {"fingerprint": "a"}, "config": {"data": "digits"}, "model": {}})
     with pytest.raises(Exception) as e:
         record.check_data(SimpleNamespace(fingerprint="b"), "digits")
     (command,) = re.findall(r"`([^`]+)`", str(e.value))
@@ -533,6 +533,10 @@ def test_the_fix_a_changed_registered_dataset_suggests_runs_as_printed(tmp_path)
     assert args[:2] == ["robustfeat", "data"]
     r = _cli(*args[1:], "--no-progress")
     assert r.returncode == 0, r.stderr
+    # another registered dataset given with --data is not "changed": re-fetching it would fix nothing
+    with pytest.raises(Exception, match="'mnist-5k' is not the data .* was fine-tuned on \\(digits\\)") as e:
+        record.check_data(SimpleNamespace(fingerprint="b"), "mnist-5k")
+    assert "data prepare" not in str(e.value)
 
 
 @pytest.mark.parametrize("method,to", [("vefa", "peft"), ("lora", "merged")])
