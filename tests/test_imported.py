@@ -19,6 +19,7 @@ import torch
 
 from robustfeat.evaluations.imported import ImportOptions, PeftSubject
 from robustfeat.evaluations.runner import evaluate, read_subject
+from tests.models import plain_perplexity
 
 TOL = 1e-5
 
@@ -185,14 +186,7 @@ def test_a_peft_causal_lm_adapter_gives_peft_s_perplexity(tmp_path):
     test = subject.bundle["test"]
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter").eval()
     tok.padding_side = "right"
-    nll = tokens = 0.0
-    with torch.no_grad():
-        for t in test["text"]:
-            ids = tok(str(t), truncation=True, max_length=32, return_tensors="pt")["input_ids"]
-            out = theirs(input_ids=ids).logits[0, :-1]
-            nll += torch.nn.functional.cross_entropy(out, ids[0, 1:], reduction="sum").item()
-            tokens += ids.shape[1] - 1
-    assert ppl == pytest.approx(float(np.exp(nll / tokens)), rel=1e-5)
+    assert ppl == pytest.approx(plain_perplexity(theirs, tok, test["text"], 32), rel=1e-5)
 
 
 @pytest.mark.parametrize("to", ["peft", "merged"])

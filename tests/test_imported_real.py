@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from robustfeat.evaluations.runner import evaluate, read_subject
+from tests.models import plain_perplexity
 from robustfeat.evaluations.imported import ImportOptions
 
 pytestmark = [pytest.mark.real_model, pytest.mark.real_data]
@@ -138,15 +139,5 @@ def test_a_peft_lora_on_the_real_smollm2_gives_peft_s_perplexity(tmp_path):
     base = AutoModelForCausalLM.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
 
-    def perplexity(model) -> float:
-        nll = tokens = 0.0
-        with torch.no_grad():
-            for t in test["text"]:
-                ids = tok(str(t), truncation=True, max_length=32, return_tensors="pt")["input_ids"]
-                out = model(input_ids=ids).logits[0, :-1]
-                nll += torch.nn.functional.cross_entropy(out, ids[0, 1:], reduction="sum").item()
-                tokens += ids.shape[1] - 1
-        return float(np.exp(nll / tokens))
-
-    assert ppl == pytest.approx(perplexity(theirs), rel=1e-4)
-    assert abs(ppl / perplexity(base) - 1) > 1e-3  # the adapter changed the model: not two base perplexities
+    assert ppl == pytest.approx(plain_perplexity(theirs, tok, test["text"], 32), rel=1e-4)
+    assert abs(ppl / plain_perplexity(base, tok, test["text"], 32) - 1) > 1e-3  # the adapter changed the model: not two base perplexities
