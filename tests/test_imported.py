@@ -723,3 +723,37 @@ def test_a_transformers_image_run_exported_merged_is_transformers_own_classifier
     assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-5, equal_nan=True)
     layers = ours.xs("relative_change", level="metric").drop("all", level="shift")
     assert len(layers) == 4 and (layers > 0).all()  # q and v of two layers
+
+
+def test_a_peft_adapter_on_a_transformers_image_classifier(tmp_path):
+    """LoRA made with PEFT on a transformers ViT (its classifier resized for the task and in
+    modules_to_save), as a user does it: robustfeat's logits and clean accuracy are the PEFT
+    model's own, and drift is read on the adapted layers."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=48, num_labels=7)
+                              ).save_pretrained(tmp_path / "vit")
+
+    def model():
+        torch.manual_seed(1)
+        return ViTForImageClassification.from_pretrained(tmp_path / "vit", num_labels=10, ignore_mismatched_sizes=True)
+
+    get_peft_model(model(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"],
+                                       init_lora_weights=False)).save_pretrained(tmp_path / "adapter")
+    opts = dict(data="digits", max_eval_examples=64)
+    frame = evaluate([tmp_path / "adapter"], tmp_path / "res", shifts=["clean", "weights"], progress=False, **opts)
+    subject = read_subject(tmp_path / "adapter", ImportOptions(**opts))
+    assert subject.family == "image-classifier" and subject.base.model == str(tmp_path / "vit")
+    handle, data = subject.load(None)
+    x = handle.preprocess(data["test"])["pixel_values"]
+    theirs = PeftModel.from_pretrained(model(), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        own = theirs(pixel_values=x).logits
+    assert (handle.logits({"pixel_values": x}) - own).abs().max().item() < 1e-5
+    assert frame.query("evaluation == 'clean' and metric == 'accuracy'")["value"].item() == pytest.approx(
+        float((own.argmax(-1).numpy() == np.asarray(data["test"]["label"])).mean()))
+    drift = frame.query("evaluation == 'weights' and metric == 'relative_change' and shift != 'all'")
+    assert len(drift) == 4 and (drift["value"] > 0).all()  # q and v of two layers
