@@ -260,7 +260,7 @@ def test_matched_gain_hand_worked_over_a_shared_base():
     score), not from each arm's own alpha 0: an arm whose alpha 0 is far below (a full
     fine-tune's co-adapted head on the frozen body) must be read where it reaches the same
     in-domain score as the others."""
-    from robustfeat.study.curves import base_scores, matched_gain, with_gain
+    from robustfeat.study.curves import matched_gain, with_gain
 
     rows = []
     for seed, shift in ((0, 0.0), (1, 0.01)):
@@ -308,3 +308,36 @@ def test_the_base_of_the_gain_is_an_arms_seeds_stage_score_per_seed(study):
         assert got[seed] == pytest.approx(float(clean["value"].iloc[0]))
     assert base_scores(frame, "linear", "id_acc") == {}  # no head-only arm: each arm's alpha 0 is the base
     assert base_scores(frame, "vefa", None) == {}
+
+
+def test_the_report_shows_the_verdicts_of_the_readme(study, tmp_path, monkeypatch):
+    """study.html's verdicts are computed from the rows the README's are (the study adds the
+    rows that need the linear reference): a change to those rows shows in both, and the PDF
+    leaves the table of every cell to the HTML."""
+    import html
+
+    import robustfeat.study.outputs as outputs
+
+    root, info = study
+    out = tmp_path / "out"
+    shutil.copytree(info["out"], out)
+    plain = outputs.with_reference
+
+    def moved(frame, arm):  # stands in for rows the study adds: vefa's accuracy moves by +0.25
+        frame = plain(frame, arm).copy()
+        frame.loc[(frame.method == "vefa") & (frame.metric == "accuracy"), "value"] += 0.25
+        return frame
+
+    monkeypatch.setattr(outputs, "with_reference", moved)
+    outputs.write_outputs(parse_study(copy.deepcopy(TINY), str(root / "tiny.yaml")), out, info["record"])
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    page = html.unescape((out / "study.html").read_text())
+    vefa = verdicts[(verdicts.method == "vefa") & (verdicts.headline == "id_acc")]
+    assert len(vefa) == 1 and float(vefa["mean"].iloc[0]) > 0.1  # the moved rows reached the verdicts
+    for sentence in verdicts.sentence:
+        assert sentence in page
+    assert "Every row of" in page and "The table of every cell is in" not in page
+    import subprocess
+
+    text = subprocess.run(["pdftotext", str(out / "study.pdf"), "-"], capture_output=True, text=True, check=True).stdout
+    assert "The table of every cell is in study.html" in " ".join(text.split())

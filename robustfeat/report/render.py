@@ -232,9 +232,11 @@ def provenance_context(results: Results) -> list[dict]:
     return folders
 
 
-def render_html(results: Results, title: str | None = None, margins: dict[str, float] | None = None) -> str:
+def render_html(results: Results, title: str | None = None, margins: dict[str, float] | None = None,
+                every_cell: str | None = None) -> str:
     """The report as one HTML page. ``margins``: the in-domain equivalence margins by
-    headline key (see :data:`robustfeat.report.verdicts.DEFAULT_MARGINS`)."""
+    headline key (see :data:`robustfeat.report.verdicts.DEFAULT_MARGINS`). ``every_cell``:
+    where the table of every cell is instead (a file name; the table is then left out)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from robustfeat import __version__
@@ -254,7 +256,8 @@ def render_html(results: Results, title: str | None = None, margins: dict[str, f
         version=__version__, folders=provenance_context(results), n_checkpoints=len(results.checkpoints),
         summary=summary_context(frame), verdicts=verdicts_context(frame, margins),
         conclusions=conclusions_context(frame), effective=effective_context(frame),
-        howto=howto_context(frame, reference_text), figures=figures, skipped=skipped, cells=cells_context(frame),
+        howto=howto_context(frame, reference_text), figures=figures, skipped=skipped,
+        cells=[] if every_cell else cells_context(frame), cells_elsewhere=every_cell,
         cell_headers=CELL_HEADERS, script=SORT_SCRIPT, script_hash=script_hash)
 
 
@@ -268,18 +271,21 @@ def write_pdf(html: str, path: Path) -> None:
 
 
 def build_report(results_dirs, out: str | os.PathLike, format: str | None = None, title: str | None = None,
-                 labels: dict[str, str] | None = None, margins: dict[str, float] | None = None) -> Path:
+                 labels: dict[str, str] | None = None, margins: dict[str, float] | None = None,
+                 every_cell: str | None = None) -> Path:
     """Write the report of one or more results folders to ``out`` (``.html`` or ``.pdf``;
     ``format`` overrides the suffix). The file appears complete or not at all. ``margins``:
-    the in-domain equivalence margins of the verdicts, by headline key (the study's own)."""
+    the in-domain equivalence margins of the verdicts, by headline key (the study's own).
+    ``results_dirs`` may also be a :class:`Results` already read (and prepared, as a study
+    prepares its rows); ``every_cell`` names where the table of every cell is instead."""
     out = Path(out).expanduser()
     fmt = (format or out.suffix.lstrip(".") or "html").lower()
     if fmt not in FORMATS:
         raise RobustfeatError(f"unknown report format '{fmt}': use html or pdf (--format, or an .html/.pdf name)")
     if out.is_dir():
         raise RobustfeatError(f"--out '{out}' is a folder; give a file name such as {out / ('report.' + fmt)}")
-    results = load_results(results_dirs, labels)
-    html = render_html(results, title, margins)
+    results = results_dirs if isinstance(results_dirs, Results) else load_results(results_dirs, labels)
+    html = render_html(results, title, margins, every_cell)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

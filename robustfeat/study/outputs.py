@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from robustfeat.metrics.intervals import paired_difference
-from robustfeat.report.summary import headline_table, headlines, load_results, per_seed
+from robustfeat.report.summary import Results, headline_table, headlines, load_results, per_seed
 from robustfeat.study.spec import FamilySpec, StudySpec
 
 SUMMARY_COLUMNS = ["family", "study_family", "model", "data", "method", "lr", "trainable_parameters", "seeds",
@@ -34,13 +34,19 @@ def _signed(x: float) -> str:
 REFERENCE_ARM = "linear"
 
 
-def family_frame(root: Path, info: dict[str, Any]) -> pd.DataFrame:
-    """The seeds stage's rows, with the rows that need a reference (mCE, relative mCE, CE per
-    corruption) computed against the ``linear`` checkpoint of the same seed, as ``robustfeat
-    evaluate`` does when both are evaluated together (each trial is evaluated alone)."""
+def family_results(root: Path, info: dict[str, Any]) -> Results:
+    """The seeds stage's results, with the rows that need a reference (mCE, relative mCE, CE
+    per corruption) computed against the ``linear`` checkpoint of the same seed, as ``robustfeat
+    evaluate`` does when both are evaluated together (each trial is evaluated alone). The
+    verdicts of the README and those of the report are computed from these same rows."""
     dirs = {str(root / rel): arm for rel, arm in info.get("results", {}).items()}
-    frame = load_results(list(dirs), labels=dirs).frame
-    return with_reference(frame, REFERENCE_ARM)
+    results = load_results(list(dirs), labels=dirs)
+    return Results(with_reference(results.frame, REFERENCE_ARM), results.provenance)
+
+
+def family_frame(root: Path, info: dict[str, Any]) -> pd.DataFrame:
+    """:func:`family_results`' rows."""
+    return family_results(root, info).frame
 
 
 def with_reference(frame: pd.DataFrame, arm: str) -> pd.DataFrame:
@@ -200,13 +206,14 @@ def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: 
     from robustfeat.report.verdicts import verdict_table
     from robustfeat.study.curves import base_scores, in_domain_key, matched_gain, plot_curves, scale_table
 
-    sections, summaries, verdict_frames, gains, result_dirs, labels = [], [], [], [], [], {}
+    sections, summaries, verdict_frames, gains, frames, provenance = [], [], [], [], [], {}
     margins: dict[str, float] = {}
     for fam in spec.families:
         info = record.get("families", {}).get(fam.name)
         if not info or not info.get("results"):
             continue
-        frame = family_frame(root, info)
+        results = family_results(root, info)
+        frame = results.frame
         v = verdict_table(frame, margins=fam.margins)
         s = pd.DataFrame(summary_rows(fam, info, frame), columns=SUMMARY_COLUMNS)
         figure, gain, matched, base = None, math.nan, pd.DataFrame(), {}
@@ -224,9 +231,8 @@ def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: 
         summaries.append(s)
         verdict_frames.append(v.assign(study_family=fam.name))
         margins.update(fam.margins)
-        for rel, arm in info["results"].items():
-            result_dirs.append(str(root / rel))
-            labels[str(root / rel)] = arm
+        frames.append(frame)
+        provenance.update(results.provenance)
     out: dict[str, Any] = {}
     if not sections:
         return out
@@ -247,9 +253,11 @@ def write_outputs(spec: StudySpec, root: Path, record: dict[str, Any], command: 
     (root / "README.md").write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n\n" + CANNOT_SAY)
     title = "robustfeat study: " + "; ".join(f"{f.model} on {f.data}" for f in spec.families
                                              if record.get("families", {}).get(f.name, {}).get("results"))
-    out["report_html"] = build_report(result_dirs, root / "study.html", labels=labels, title=title, margins=margins)
-    if pdf:
-        out["report_pdf"] = build_report(result_dirs, root / "study.pdf", labels=labels, title=title, margins=margins)
+    every = Results(pd.concat(frames, ignore_index=True), provenance)
+    out["report_html"] = build_report(every, root / "study.html", title=title, margins=margins)
+    if pdf:  # the PDF leaves the table of every cell to the HTML (it ran to a thousand pages)
+        out["report_pdf"] = build_report(every, root / "study.pdf", title=title, margins=margins,
+                                         every_cell="study.html")
     out["readme"] = root / "README.md"
     return out
 
