@@ -106,7 +106,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from robustfeat.adapters.checkpoint import checkpoint_info
+    from robustfeat.evaluations.imported import imported_info
 
+    meta = imported_info(args.checkpoint)
+    if meta is not None:  # made elsewhere: a PEFT adapter, a transformers folder, a weights file
+        if args.json:
+            print(json.dumps(meta, indent=2, sort_keys=True))
+            return 0
+        rows = [(k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else
+                 ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else
+                 f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)) for k, v in meta.items()
+                if v is not None]
+        print(format_table(("field", "value"), rows))
+        return 0
     meta = checkpoint_info(args.checkpoint)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
@@ -127,12 +139,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from robustfeat.data.api import load_dataset, prepare_dataset
+    from pathlib import Path
 
-    folder = prepare_dataset(args.name, force=args.force, progress=not args.no_progress)
-    bundle = load_dataset(args.name, progress=False)
+    from robustfeat.data.api import load_dataset, looks_like_path, prepare_dataset
+    from robustfeat.errors import RobustfeatError
+    from robustfeat.registry import DATASETS
+
+    given = {f"--{k.replace('_', '-')}" for k, v in (("text_column", args.text_column), ("label_column",
+             args.label_column), ("image_column", args.image_column)) if v not in (None, "label", "image")}
+    if args.name in DATASETS and given:
+        raise RobustfeatError(f"'{args.name}' is a registered dataset, which names its own columns; "
+                              f"{', '.join(sorted(given))} {'is' if len(given) == 1 else 'are'} for files")
+    if args.name not in DATASETS and (looks_like_path(args.name) or args.name.startswith("hf:")
+                                      or Path(args.name).expanduser().exists()):
+        bundle = load_dataset(args.name, progress=False, text_column=args.text_column, label_column=args.label_column,
+                              image_column=args.image_column)  # checks the file: a bad one is refused in one line
+        print(f"{args.name}: read where it is each time it is used (nothing to cache); it reads as "
+              f"{bundle.task}" + (f" with labels {', '.join(map(str, bundle.label_names))}" if bundle.label_names else
+                                  f" (no {args.label_column!r} column: unlabelled text, for causal LMs; "
+                                  "--label-column names another)" if bundle.task == "text" else ""))
+    else:
+        folder = prepare_dataset(args.name, force=args.force, progress=not args.no_progress)
+        bundle = load_dataset(args.name, progress=False)
+        print(f"{args.name}: cached in {folder}")
     rows = [(split, f"{len(t):,}") for split, t in bundle.splits.items()]
-    print(f"{args.name}: cached in {folder}")
     print(format_table(("split", "rows"), rows))
     return 0
 
@@ -202,7 +232,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      shifts=[s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None,
                      quick=args.quick, reference=args.reference, device=args.device, seed=args.seed,
                      batch_size=args.batch_size, progress=not args.no_progress,
-                     scales=_numbers(args.scales, "--scales") if args.scales else None, **options)
+                     scales=_numbers(args.scales, "--scales") if args.scales else None,
+                     base=args.base, data=args.data, data_seed=args.data_seed, max_eval_examples=args.max_eval_examples,
+                     label_column=args.label_column, text_column=args.text_column, image_column=args.image_column,
+                     image_size=args.image_size,
+                     max_length=args.max_length, **options)
     table = per_checkpoint(frame.assign(results_dir=str(args.out)))
     print(format_table(*headline_rows(table, ("checkpoint", "method"))))
     cells = frame.attrs.get("cells") or {}
@@ -258,7 +292,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from robustfeat.export import export_run
 
-    out = export_run(args.run, to=args.to, out=args.out, overwrite=args.overwrite)
+    out = export_run(args.run, to=args.to, out=args.out, overwrite=args.overwrite, data=args.data)
     print(f"exported {args.run} as {args.to}: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
@@ -293,6 +327,16 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"verdicts: {info['out'] / 'verdicts.csv'}; summary: {info['out'] / 'summary.csv'}; "
               f"README: {made['readme']}; report: {made['report_html']}")
     return 0
+
+
+def _column_flags(parser, defaults: bool = True) -> None:
+    """How a CSV/JSON file or a saved datasets folder is read (finetune leaves the defaults to
+    TrainConfig, so that a run records only what was given)."""
+    parser.add_argument("--label-column", default="label" if defaults else None,
+                        help="label column of a CSV/JSON file (default label)")
+    parser.add_argument("--text-column", help="text column of a CSV/JSON file (default: text, sentence, review or content)")
+    parser.add_argument("--image-column", default="image" if defaults else None,
+                        help="image column of a saved datasets folder (default image)")
 
 
 def _adapter_flags(parser: argparse.ArgumentParser) -> None:
@@ -335,15 +379,18 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_ls)
 
     info = sub.add_parser("info", help="show what a checkpoint folder holds (validates it)")
-    info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat")
+    info.add_argument("checkpoint", help="a checkpoint folder written by robustfeat, a PEFT adapter folder, a "
+                                         "transformers folder or a .safetensors weights file")
     info.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     info.set_defaults(func=cmd_info)
 
     data = sub.add_parser("data", help="prepare datasets into the local cache")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    prep = dsub.add_parser("prepare", help="fetch a registered dataset into the cache, with checksums")
-    prep.add_argument("name", help="dataset name (robustfeat ls datasets)")
+    prep = dsub.add_parser("prepare", help="fetch a registered dataset into the cache, with checksums "
+                                           "(a file: check how it reads)")
+    prep.add_argument("name", help="dataset name (robustfeat ls datasets), or a CSV/JSON file or image folder to check")
     prep.add_argument("--force", action="store_true", help="fetch again even if cached")
+    _column_flags(prep)
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_data)
 
@@ -362,7 +409,7 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, help="seed for data order, splits and init (default 0)")
     ft.add_argument("--image-size", type=int, help="image side in px (default: the model's native size)")
     ft.add_argument("--max-length", type=int, help="max tokens per text (default 128)")
-    ft.add_argument("--text-column", help="text column of a CSV/JSON dataset")
+    _column_flags(ft, defaults=False)
     ft.add_argument("--checkpoint-every", type=int, help="save resumable state every N steps (default 50)")
     ft.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
     ft.add_argument("--out", required=True, help="output folder for the checkpoint")
@@ -371,7 +418,9 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ft.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="run the shift bank on checkpoints; write tidy results (resumable)")
-    ev.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint folders from robustfeat finetune")
+    ev.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                    help="robustfeat finetune runs, or checkpoints made elsewhere: PEFT adapter folders, save_adapters "
+                         "folders, transformers save_pretrained folders, timm/torchvision .safetensors weights")
     ev.add_argument("--out", required=True, help="results folder (created; rerun the same command to resume)")
     ev.add_argument("--bank", help="bank name (ls banks); default: the one for the checkpoints' model family")
     ev.add_argument("--shifts", help="comma-separated shifts or evaluations to run (e.g. fog,vader-nyt,cka)")
@@ -387,6 +436,17 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--scales", help="evaluate each checkpoint with its fine-tuning update scaled by each of these "
                                      "comma-separated factors (e.g. 0,0.5,1; 0 is the base, 1 as trained)")
     ev.add_argument("--seed", type=int, default=0, help="seed for subsets, corruptions and bootstrap CIs (default 0)")
+    made = ev.add_argument_group("checkpoints made elsewhere (PEFT adapter folders; robustfeat runs record all this)")
+    made.add_argument("--base", help="the base model: a zoo name, a hub id a zoo entry declares, or a local "
+                                     "transformers folder (default: the adapter's base_model_name_or_path)")
+    made.add_argument("--data", help="the evaluation data: a dataset name (ls datasets), CSV/JSON file or image folder")
+    made.add_argument("--data-seed", type=int, default=0, help="seed of the data's splits and test subsample; a "
+                                                                "robustfeat run's seed gives its test set (default 0)")
+    made.add_argument("--max-eval-examples", type=int, default=1000,
+                      help="cap on validation/test examples (default 1000, as robustfeat runs keep)")
+    _column_flags(made)
+    made.add_argument("--image-size", type=int, help="image side in px (default: the base's native size)")
+    made.add_argument("--max-length", type=int, default=128, help="max tokens per text (default 128)")
     ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when present)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -420,11 +480,14 @@ def build_parser(for_command: str | None = None) -> argparse.ArgumentParser:
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_study)
 
-    ex = sub.add_parser("export", help="write a finished run in another tool's format (PEFT)")
+    ex = sub.add_parser("export", help="write a finished run in another tool's format (PEFT, or merged weights)")
     ex.add_argument("run", help="a finished run folder (robustfeat finetune)")
-    ex.add_argument("--to", default="peft", choices=["peft"], help="the format: peft (PeftModel.from_pretrained)")
+    ex.add_argument("--to", default="peft", choices=["peft", "merged"],
+                    help="peft: an adapter folder for PeftModel.from_pretrained (default); merged: the update merged "
+                         "into the weights, a transformers save_pretrained folder (safetensors for other models)")
     ex.add_argument("--out", required=True, help="the folder to write (new; --overwrite replaces one)")
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ex.add_argument("--data", help="where the run's data is now, when it moved (the fingerprint must match)")
     ex.set_defaults(func=cmd_export)
 
     qs = sub.add_parser("quickstart", help="the whole story on real models and data: fine-tune, evaluate, report")

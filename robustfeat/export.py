@@ -42,6 +42,12 @@ class PeftForm:
 
     config: Callable[[dict[str, Any], list[str], bool], Any]
     tensors: Callable[[nn.Module], dict[str, torch.Tensor]]
+    #: whether PEFT builds new layers beside each target (LoRA's factors), with the target's own class
+    builds_layers: bool = False
+
+
+#: the convolution classes PEFT's LoRA can rebuild (a subclass may take other arguments)
+PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 PEFT_FORMS: dict[str, PeftForm] = {}
@@ -71,7 +77,7 @@ def _lora_config(adapter: dict[str, Any], targets: list[str], transposed: bool) 
                       target_modules=targets, fan_in_fan_out=transposed)
 
 
-peft_form("lora")(PeftForm(_lora_config, lambda layer: {
+peft_form("lora")(PeftForm(_lora_config, builds_layers=True, tensors=lambda layer: {
     "lora_A.default.weight": layer.lora_A.detach().flatten(1) if layer.lora_A.dim() > 2 else layer.lora_A.detach(),
     "lora_B.default.weight": layer.lora_B.detach()}))
 
@@ -82,7 +88,7 @@ def _lorfa_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
             "lora_B.default.weight": w0 @ layer.lorfa_B.detach().to(w0.dtype)}
 
 
-peft_form("lorfa")(PeftForm(_lora_config, _lorfa_tensors))
+peft_form("lorfa")(PeftForm(_lora_config, _lorfa_tensors, builds_layers=True))
 
 
 def _vefa_config(adapter: dict[str, Any], targets: list[str], transposed: bool) -> Any:
@@ -190,7 +196,14 @@ def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_n
         base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
         kinds.add(layer_kind(base).name)
         layer._export_path = path  # named in a refusal
-    tensors = {path: form.tensors(layer) for path, layer in layers.items()}
+    tensors = {path: form.tensors(layer) for path, layer in layers.items()}  # refuses what has no exact form
+    for path, layer in layers.items():
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
+        if form.builds_layers and isinstance(base, nn.modules.conv._ConvNd) and type(base) not in PLAIN_CONVS:
+            raise UnsupportedError(
+                f"'{path}' is a {type(base).__name__} (a {type(base).__mro__[1].__name__} of its own): PEFT's LoRA builds "
+                "its factors with the layer's own class and nn.Conv2d's arguments, which this class does not take; "
+                "export the run with --to merged")
     cfg = form.config(adapter, sorted(layers), kinds == {"conv1d-transposed"})
     cfg.task_type = None if prefix else TASK_TYPES.get(family)  # a bare backbone has no task head
     head = list(adapter.get("modules_to_save") or [])
@@ -211,35 +224,132 @@ def to_peft_model(model: nn.Module, adapter: dict[str, Any], family: str, base_n
     return peft_model
 
 
-def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike | None = None,
-               overwrite: bool = False) -> Path:
-    """Write the finished run at ``path`` as ``to`` into ``out`` (a new folder; ``overwrite``
-    replaces one). The folder appears whole or not at all."""
-    if to != "peft":
-        raise RobustfeatError(f"unknown export format '{to}'; give --to peft")
-    if out is None:
-        raise RobustfeatError("give --out DIR, the folder to write the export into")
-    dest = Path(out)
+def _write_peft(handle, raw: dict[str, Any], tmp: Path) -> None:
+    model = handle.model
+    peft_model = to_peft_model(model, raw["adapter"], raw["model"]["family"], peft_base_name(raw["model"]["name"]))
+    peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no embedding is adapted: no hub lookup
+    _write_head(model, tmp)
+
+
+def _write_head(model: nn.Module, tmp: Path) -> None:
+    head = head_state(model, backbone(model))
+    if head:
+        from safetensors.torch import save_file
+
+        save_file(head, str(tmp / HEAD_FILE), metadata={"backbone": backbone(model), "model_class": type(model).__name__})
+
+
+def _write_merged(handle, raw: dict[str, Any], tmp: Path) -> None:
+    """The fine-tuned model with its update merged into its own weights: a transformers
+    ``save_pretrained`` folder (with its tokenizer) for transformers-backed models, whose
+    robustfeat head, if any, lies beside it; else its ``state_dict`` in ``model.safetensors``."""
+    from transformers import PreTrainedModel
+
+    from robustfeat.adapters.model import has_adapters, merge_and_unload
+
+    from robustfeat.models.vision import ImageTaskModel
+
+    model = handle.model
+    if has_adapters(model):
+        merge_and_unload(model)
+    slot = (next((n for n, m in model.net.named_children() if isinstance(m, nn.Identity)), None)
+            if isinstance(model, ImageTaskModel) and isinstance(model.net, PreTrainedModel) else None)
+    if slot is not None:
+        # a transformers image classifier: the task head goes back into its classifier's place
+        net = model.net
+        setattr(net, slot, model.head)
+        names = list(raw.get("data", {}).get("label_names") or range(model.head.out_features))
+        net.config.num_labels = model.head.out_features
+        net.config.id2label = {i: str(n) for i, n in enumerate(names)}
+        net.config.label2id = {str(n): i for i, n in enumerate(names)}
+        net.save_pretrained(tmp)
+        return
+    prefix = backbone(model)
+    inner = model.get_submodule(prefix) if prefix else model
+    if isinstance(inner, PreTrainedModel):
+        inner.save_pretrained(tmp)
+        tok = getattr(handle, "tokenizer", None)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        _write_head(model, tmp)
+        return
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"model": raw["model"]["name"],
+                                                              "model_class": type(model).__name__})
+
+
+#: what ``export_run(..., to=NAME)`` writes: NAME -> writer(handle, run record, folder)
+EXPORTS: dict[str, Callable[[Any, dict[str, Any], Path], None]] = {"peft": _write_peft, "merged": _write_merged}
+
+
+def peft_base_name(model: str) -> str:
+    """The base's name as PEFT can resolve it: the hub id a zoo entry declares, else as given."""
+    from robustfeat.models.zoo import zoo_entry
+
+    entry = zoo_entry(model)
+    return entry.hub_ids[0] if entry is not None and entry.hub_ids else model
+
+
+def _check_destination(dest: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot be written whole, or whose replacement would delete
+    the run itself (or the directory the command runs in), before anything is built."""
     if dest.exists() and not overwrite:
         raise RobustfeatError(f"'{dest}' already exists; give another --out or --overwrite to replace it")
-    from robustfeat.train.loop import load_run
+    if dest.exists() and not dest.is_dir():
+        raise RobustfeatError(f"'{dest}' is a file, not a folder; give --out a folder to write the export into")
+    parent = next((p for p in dest.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise RobustfeatError(f"'{parent}' is a file, so '{dest}' cannot be made; give --out a folder path")
+    target, source, here = dest.resolve(), run.resolve(), Path.cwd().resolve()
+    if target == source or target in source.parents:
+        raise RobustfeatError(f"--out '{dest}' is the run '{run}' or holds it; exporting there would replace "
+                              "the run itself: give a new folder")
+    if dest.exists() and (target == here or target in here.parents):
+        raise RobustfeatError(f"--out '{dest}' holds the current directory; give a new folder")
 
-    handle, _, raw = load_run(path)
-    model = handle.model
-    peft_model = to_peft_model(model, raw["adapter"], raw["model"]["family"], raw["model"]["name"])
-    head = head_state(model, backbone(model))
+
+def export_run(path: str | os.PathLike, to: str = "peft", out: str | os.PathLike | None = None,
+               overwrite: bool = False, data: str | None = None) -> Path:
+    """Write the finished run at ``path`` as ``to`` (:data:`EXPORTS`: ``peft``, ``merged``)
+    into ``out`` (a new folder; ``overwrite`` replaces one; ``data``: where the run's data is
+    now, when it moved). The folder appears whole or not at all, and a refusal leaves no
+    folder behind."""
+    if to not in EXPORTS:
+        raise RobustfeatError(f"unknown export format '{to}'; give --to {' or --to '.join(EXPORTS)}")
+    if out is None or not str(out).strip():
+        raise RobustfeatError("give --out DIR, the folder to write the export into")
+    dest = Path(out)
+    _check_destination(dest, Path(path), overwrite)
+    from robustfeat.adapters.checkpoint import refuse_pickle
+    from robustfeat.errors import UnknownNameError
+    from robustfeat.models.zoo import ModelUnavailableError
+    from robustfeat.train.record import RunRecord
+
+    refuse_pickle(path)  # before the record is read and the base model built
+    record = RunRecord.read(path)  # a clear refusal for a folder that is not a finished run
+    if to == "peft" and record.raw["adapter"]["method"] in ("full", "linear"):
+        method = record.raw["adapter"]["method"]
+        raise UnsupportedError(f"a {method} run has no adapter to export to PEFT (it changes the model's own "
+                               "weights); export it with --to merged")
+    try:
+        handle, _ = record.rebuild(data=data)
+    except (UnknownNameError, ModelUnavailableError) as e:
+        raise RobustfeatError(f"cannot export '{path}': its base model '{record.model}' is not available here "
+                              f"({e})") from None
+    made = next((p for p in reversed([dest.absolute(), *dest.absolute().parents]) if not p.exists()), None)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no embedding is adapted: no hub lookup
-        if head:
-            from safetensors.torch import save_file
-
-            save_file(head, str(tmp / HEAD_FILE), metadata={"backbone": backbone(model),
-                                                            "model_class": type(model).__name__})
+        EXPORTS[to](handle, record.raw, tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
+    except BaseException:
+        if made is not None and made != dest.absolute() and made.exists():
+            shutil.rmtree(made, ignore_errors=True)  # the parents this call made hold only its temporary folder
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -148,3 +148,19 @@ def write_image_folder(root, classes, per_class: int, shape: tuple[int, ...], se
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / cls / f"{i}.png")
     return root
+
+
+@torch.no_grad()
+def plain_perplexity(model: nn.Module, tokenizer, texts, max_length: int) -> float:
+    """Perplexity of a transformers causal LM over ``texts``, one text at a time with no
+    padding: token-weighted next-token cross-entropy, exponentiated (the reference the
+    evaluations' batched perplexity is checked against)."""
+    import math
+
+    nll = tokens = 0.0
+    for t in texts:
+        ids = tokenizer(str(t), truncation=True, max_length=max_length, return_tensors="pt")["input_ids"]
+        out = model(input_ids=ids).logits[0, :-1]
+        nll += torch.nn.functional.cross_entropy(out, ids[0, 1:], reduction="sum").item()
+        tokens += ids.shape[1] - 1
+    return math.exp(nll / tokens)

@@ -17,12 +17,26 @@ import robustfeat as rf
 from robustfeat.adapters.model import remove_adapters
 from robustfeat.errors import RobustfeatError, UnsupportedError
 from robustfeat.export import export_run, to_peft_model
-from tests.models import CASES, perturb
+from tests.models import CASES, ModelCase, perturb
 
 TOL = 1e-5
-CASE = {c.name: c for c in CASES}
-FAMILY = {"tiny-bert": "text-classifier", "tiny-gpt2": "causal-lm"}
-TARGETS = {"tiny-bert": ["query", "value"], "tiny-gpt2": ["c_attn", "c_fc"]}
+
+
+def tiny_llama():
+    """A Llama (rotary attention, gated MLP, RMSNorm) built in code: SmolLM2's architecture, tiny."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                        initializer_range=0.2))
+
+
+LLAMA = ModelCase("tiny-llama", tiny_llama, lambda g: {"input_ids": torch.randint(0, 64, (3, 10), generator=g)},
+                  targets=["q_proj", "v_proj", "up_proj"], head="lm_head", kinds=frozenset({"linear"}),
+                  output=lambda out: out.logits)
+CASE = {c.name: c for c in [*CASES, LLAMA]}
+FAMILY = {"tiny-bert": "text-classifier", "tiny-gpt2": "causal-lm", "tiny-llama": "causal-lm"}
+TARGETS = {"tiny-bert": ["query", "value"], "tiny-gpt2": ["c_attn", "c_fc"], "tiny-llama": ["q_proj", "v_proj", "up_proj"]}
 TRAINED = ("lora_B", "lorfa_B", "vefa_lam", "ia3_l", "vera_lambda_b", "vera_lambda_d")
 
 
@@ -41,7 +55,7 @@ def _adapted(name: str, method: str):
     return case, model.eval(), adapter
 
 
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("method", ["lora", "lorfa", "vefa", "ia3", "vera"])
 def test_an_export_loaded_by_peft_gives_the_same_outputs(tmp_path, name, method):
     from peft import PeftModel

@@ -69,6 +69,12 @@ def _base_id(model: nn.Module, base_id: str | None) -> str:
         return base_id
     cfg = getattr(model, "config", None)
     name = getattr(cfg, "_name_or_path", "") or getattr(cfg, "name_or_path", "")
+    if name:  # a zoo model's folder (somewhere in site-packages or the cache) is recorded as its zoo name
+        from robustfeat.models.zoo import zoo_entry_for_folder
+
+        entry = zoo_entry_for_folder(name)
+        if entry is not None:
+            return entry.name
     return name or type(model).__name__
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,22 +59,27 @@ def load_dataset(
     max_eval_examples: int | None = None,
     text_column: str | None = None,
     label_column: str = "label",
+    image_column: str = "image",
     progress: bool = True,
 ) -> DatasetBundle:
     """A registered dataset name, ``hf:ID`` (online), a CSV/JSON(L) file, an image folder
-    (one sub-folder per class) or a ``datasets.save_to_disk`` folder."""
+    (one sub-folder per class) or a ``datasets.save_to_disk`` folder. ``text_column``,
+    ``label_column`` and ``image_column`` name the columns of user data (defaults: the first
+    of text, sentence, review, content; label; image). A user file or folder is recorded by
+    its absolute path."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise DataError(f"a dataset is a registered name or a path, got {name_or_path!r}")
     if name_or_path in DATASETS:
-        if text_column is not None:
-            raise DataError(f"text_column applies to CSV/JSON files; '{name_or_path}' is a registered dataset")
+        if text_column is not None or label_column != "label" or image_column != "image":
+            raise DataError(f"text_column, label_column and image_column apply to user files; '{name_or_path}' is a "
+                            "registered dataset, whose columns are known")
         spec = DATASETS.get(name_or_path)
         tables, manifest = load_prepared(spec, progress=progress)
         provenance = {"source": manifest["source"], "cache_files": manifest["files"], "notes": spec.notes}
         bundle = _bundle(spec.name, spec.task, tables, spec.input_column, spec.label_names, spec.domain_column,
                          provenance, transform=spec.transform)
     else:
-        bundle = _load_user(name_or_path, text_column, label_column)
+        bundle = _load_user(name_or_path, text_column, label_column, image_column)
     return _finish(bundle, seed, max_examples, max_eval_examples)
 
 
@@ -151,23 +157,35 @@ def _check_classes(b: DatasetBundle) -> None:
 
 
 # --- user data ----------------------------------------------------------------------------
-def _load_user(spec: str, text_column: str | None, label_column: str) -> DatasetBundle:
+#: file types read as tables; a name with one of these suffixes (or a folder part) is a path
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is meant as a file or folder rather than a dataset name."""
+    return "/" in spec or os.sep in spec or spec.startswith(("~", ".")) or spec.lower().endswith(TABLE_SUFFIXES)
+
+
+def _load_user(spec: str, text_column: str | None, label_column: str, image_column: str = "image") -> DatasetBundle:
     if spec.startswith("hf:"):
-        return _from_hf(spec[3:], text_column, label_column)
+        return _from_hf(spec[3:], text_column, label_column, image_column)
     path = Path(spec).expanduser()
     if not path.exists():
+        if looks_like_path(spec):
+            raise DataError(f"file not found: {path.absolute()}")
         from robustfeat.errors import UnknownNameError
 
         msg = DATASETS.unknown_message(spec)
         raise UnknownNameError(f"{msg} Or give a path (CSV/JSON file, image folder) or hf:DATASET_ID.")
+    where = {"path": str(path.resolve())}
     if path.is_file():
         rows = _read_rows(path)
-        return _text_bundle(path.stem, {"all": rows}, text_column, label_column, {"path": str(path)})
+        return _text_bundle(path.stem, {"all": rows}, text_column, label_column, where)
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists() or (path / "dataset_info.json").exists():
         import datasets
 
         ds = datasets.load_from_disk(str(path))
-        return _hf_bundle(path.name, ds, text_column, label_column, {"path": str(path)})
+        return _hf_bundle(path.name, ds, text_column, label_column, where, image_column)
     return _image_folder(path)
 
 
@@ -176,7 +194,16 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         if suffix in {".csv", ".tsv"}:
             with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-                return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                rows = []
+                for r in reader:
+                    if None in r:  # DictReader keeps a row's extra fields under the key None
+                        header = reader.fieldnames or []
+                        raise DataError(f"'{path}': line {reader.line_num} has {len(header) + len(r[None])} fields "
+                                        f"but the header has {len(header)} ({', '.join(header)}); quote a field "
+                                        "that contains the delimiter")
+                    rows.append(r)
+                return rows
         if suffix == ".jsonl":
             with open(path, encoding="utf-8-sig") as f:
                 return [json.loads(line) for line in f if line.strip()]
@@ -207,7 +234,8 @@ def _text_bundle(name, parts: dict[str, list[dict]], text_column, label_column, 
             for i, r in enumerate(rows):
                 v = r.get(label_column)
                 if v is None or str(v).strip() == "":
-                    raise DataError(f"dataset '{name}': row {i + 1} of '{split}' has no {label_column!r}; "
+                    raise DataError(f"dataset '{name}': row {i + 1}" + (f" of '{split}'" if split != "all" else "")
+                                    + f" has no {label_column!r}; "
                                     "every row of a classification dataset needs a label")
                 values.append(str(v).strip())
             raw[split] = values
@@ -245,7 +273,7 @@ def _is_int(v: str) -> bool:
         return False
 
 
-def _from_hf(dataset_id: str, text_column, label_column) -> DatasetBundle:
+def _from_hf(dataset_id: str, text_column, label_column, image_column: str = "image") -> DatasetBundle:
     from robustfeat.data.sources import HubDataset
 
     src = HubDataset(dataset_id)
@@ -255,10 +283,10 @@ def _from_hf(dataset_id: str, text_column, label_column) -> DatasetBundle:
     import tempfile
 
     ds = src.fetch(Path(tempfile.mkdtemp(prefix="robustfeat-hf-")))
-    return _hf_bundle(dataset_id, ds, text_column, label_column, {"hub": dataset_id})
+    return _hf_bundle(dataset_id, ds, text_column, label_column, {"hub": dataset_id}, image_column)
 
 
-def _hf_bundle(name, ds, text_column, label_column, provenance) -> DatasetBundle:
+def _hf_bundle(name, ds, text_column, label_column, provenance, image_column: str = "image") -> DatasetBundle:
     import datasets
 
     if isinstance(ds, datasets.Dataset):
@@ -269,8 +297,8 @@ def _hf_bundle(name, ds, text_column, label_column, provenance) -> DatasetBundle
     feature = next(iter(ds.values())).features.get(label_column)
     if feature is not None and hasattr(feature, "names"):
         names = list(feature.names)  # a ClassLabel keeps its class names
-    if first and "image" in first[0]:
-        pil = {k: [_to_pil(r["image"]) for r in rows] for k, rows in parts.items()}
+    if first and image_column in first[0]:
+        pil = {k: [_to_pil(r[image_column]) for r in rows] for k, rows in parts.items()}
         size = _common_size([im for ims in pil.values() for im in ims])
         tables = {}
         for k, rows in parts.items():
@@ -336,7 +364,7 @@ def _image_folder(path: Path) -> DatasetBundle:
         raise DataError(f"image folder '{path}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     table = Table({"image": np.stack(images), "label": np.asarray(labels, dtype=np.int64)})
     return DatasetBundle(path.name, "image-classification", {"all": table}, "image", classes,
-                         provenance={"path": str(path), "image_size": list(size)})
+                         provenance={"path": str(path.resolve()), "image_size": list(size)})
 
 
 def describe_datasets() -> list[tuple[str, str, str, str]]:

@@ -294,6 +294,9 @@ class Evaluation:
     headlines: ClassVar[tuple[Headline, ...]] = ()
     plots: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = 500
+    #: whether it compares with the base model (drift, forgetting); a checkpoint evaluated
+    #: without its base (a transformers folder given no --base) skips these, and says so
+    needs_base: ClassVar[bool] = False
     #: how to read this evaluation's headlines, for the report's "how to read this" (plain
     #: text; ``{reference}`` is replaced by what the CE reference was)
     explain: ClassVar[str] = ""

@@ -75,6 +75,7 @@ def weight_matrix(model: nn.Module, path: str) -> np.ndarray:
 
 @register_evaluation
 class WeightDrift(Evaluation):
+    needs_base = True
     name = "weights"
     summary = "per adapted layer: intruder dimensions (k=10, eps swept), energy outside W0's top-2k span, ||dW||/||W0||, effective rank of dW"
     order = 100
@@ -168,6 +169,7 @@ def _pool(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 @register_evaluation
 class RepresentationDrift(Evaluation):
+    needs_base = True
     name = "cka"
     summary = "linear CKA between base and fine-tuned outputs of each adapted layer on probe inputs"
     order = 90

@@ -171,10 +171,9 @@ def finetune_text_keys(ctx: EvalContext) -> set[str]:
     data, all splits of the full dataset (not the trimmed copy it trained on); computed once
     per checkpoint."""
     if "finetune_text_keys" not in ctx.memo:
-        from robustfeat.data.api import load_dataset
         from robustfeat.data.dedup import loose_keys
 
-        full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
+        full = ctx.subject.full_data(ctx.options.seed)
         ctx.memo["finetune_text_keys"] = loose_keys(t for n in full.splits if "text" in full[n]
                                                     for t in full[n]["text"])
     return ctx.memo["finetune_text_keys"]
@@ -237,6 +236,7 @@ def text_nll(handle, table, batch_size: int) -> dict[str, np.ndarray]:
 
 @register_evaluation
 class OutOfDomainPerplexity(_DeclaredSets):
+    needs_base = True
     name = "ood-perplexity"
     summary = ("causal LMs: perplexity, base vs fine-tuned, on the fine-tuning data's declared out-of-domain and "
                "near-domain text (ood_pairs.yaml, --lm-pairs FILE), every text that loosely matches the fine-tuning "

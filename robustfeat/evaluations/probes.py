@@ -46,6 +46,7 @@ class PretrainedHeadProbe(Evaluation):
     """Shared by the probes of the kept pretrained (ImageNet) head: whether the model has
     one, and the head's logits on a table for the base (cached once per base) and the
     fine-tuned model."""
+    needs_base = True
 
     families = frozenset({"image-classifier"})
     plots = ("forgetting-tradeoff",)
@@ -107,6 +108,7 @@ def held_out(own: str, own_labels: list[str] | None, data: str, column: str) -> 
 
 @register_evaluation
 class LinearProbe(Evaluation):
+    needs_base = True
     name = "linear-probe"
     summary = ("logistic-regression probe on backbone features for a held-out task (never the fine-tuning task, its "
                "OOD pairs or its label set; texts deduplicated against the fine-tuning data), base vs fine-tuned")
@@ -144,7 +146,7 @@ class LinearProbe(Evaluation):
         if "text" in splits["train"] and ctx.data.input_column == "text":
             from robustfeat.data.dedup import loose_keys, loose_matches
 
-            full = load_dataset(ctx.subject.data, seed=ctx.options.seed, progress=False)
+            full = ctx.subject.full_data(ctx.options.seed)
             ref = loose_keys(t for n in full.splits for t in full[n]["text"])
             dropped = total = 0
             for k, t in splits.items():
@@ -201,6 +203,7 @@ class GenericTextProbe(Evaluation):
     """One cell on generic probe text (``data``, default ``news-text``; its test split): a
     per-model ``measure`` of the text, taken once for the base (cached) and once for the
     fine-tuned model, turned into rows by ``compare``."""
+    needs_base = True
 
     cache_name = ""
 

@@ -28,9 +28,28 @@ from robustfeat.evaluations.subject import RunSubject, Subject
 log = logging.getLogger(__name__)
 
 
-def read_subject(path: str | os.PathLike) -> Subject:
-    """The checkpoint at ``path`` as a subject of evaluation (validated before any work)."""
-    return RunSubject(path)
+def read_subject(path: str | os.PathLike, imported=None) -> Subject:
+    """The checkpoint at ``path`` as a subject of evaluation (validated before any work): a
+    robustfeat run, or the first kind of checkpoint made elsewhere
+    (:data:`~robustfeat.evaluations.imported.IMPORTED_KINDS`) that recognises it, read with
+    ``imported`` (an :class:`~robustfeat.evaluations.imported.ImportOptions`: base, data)."""
+    from robustfeat.evaluations.imported import IMPORTED_KINDS
+    from robustfeat.train.record import RUN_FILE
+
+    p = Path(path).expanduser()
+    if not (p / RUN_FILE).is_file():
+        for kind in IMPORTED_KINDS:
+            if kind.detect(p):
+                return kind(p, imported)
+    if imported is not None and (p / RUN_FILE).is_file():
+        from robustfeat.train.record import RunRecord
+
+        given = imported.against_a_run(RunRecord.read(p).config)
+        if given:
+            raise EvaluationError(f"'{path}' is a robustfeat run, which records its {', '.join(given)} otherwise; "
+                                  f"drop {' and '.join('--' + g.replace('_', '-') for g in given)} (they are for "
+                                  "checkpoints made elsewhere; --data moves a run's data to a new place)")
+    return RunSubject(path, data=imported.data if imported is not None else None)
 
 
 def choose_bank(name: str | None, families: set[str]) -> Bank:
@@ -79,7 +98,10 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
              shifts: list[str] | None = None, quick: bool = False, reference: str | None = None,
              device: str | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
              scales: list[float] | None = None, sizes: dict[str, dict[str, Any]] | None = None,
-             base_cache: str | os.PathLike | None = None, **options: Any):
+             base_cache: str | os.PathLike | None = None, base: str | None = None, data: str | None = None,
+             data_seed: int = 0, max_eval_examples: int | None = 1000, label_column: str = "label",
+             text_column: str | None = None, image_column: str = "image", image_size: int | None = None,
+             max_length: int = 128, **options: Any):
     """Evaluate ``checkpoints`` with a bank and write the results folder ``out``; returns
     the tidy table (a pandas DataFrame). ``options`` are the evaluations' own options
     (``robustfeat ls options``: ``pairs``, ``domain_column``, ``imagenet``, ...). Every check
@@ -91,23 +113,37 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
     ``sizes``: per evaluation, sizes other than the bank's (``{"ood": {"examples": 500}}``);
     results of other sizes are never mixed in one folder. ``base_cache``: where the base
     model's outputs are kept, to share them between results folders (a sweep's trials);
-    default: inside ``out``."""
+    default: inside ``out``. Checkpoints made elsewhere (a PEFT adapter folder) record no data
+    and may name no base: ``data`` names the evaluation data (read with ``data_seed``,
+    ``max_eval_examples``, ``label_column``, ``text_column``), ``base`` the base model (a zoo
+    name, a hub id a zoo entry declares, a local transformers folder); ``image_size`` and
+    ``max_length`` shape their inputs. Robustfeat runs record all of these."""
     from tqdm.auto import tqdm
+
+    from robustfeat.evaluations.imported import ImportOptions
 
     if not checkpoints:
         raise EvaluationError("give at least one checkpoint folder to evaluate")
-    subjects = [read_subject(c) for c in dict.fromkeys(map(str, checkpoints))]
+    imported = ImportOptions(base=base, data=data, data_seed=data_seed, max_eval_examples=max_eval_examples,
+                             label_column=label_column, text_column=text_column, image_column=image_column,
+                             image_size=image_size, max_length=max_length)
+    subjects = [read_subject(c, imported) for c in dict.fromkeys(map(str, checkpoints))]
     if scales is not None:
         from robustfeat.evaluations.subject import ScaledSubject
 
         if not scales:
             raise EvaluationError("give at least one adapter scale (e.g. 0, 0.5, 1)")
-        subjects = [ScaledSubject(s.path, a) for s in subjects for a in dict.fromkeys(map(float, scales))]
+        made = [s.path for s in subjects if not isinstance(s, RunSubject)]
+        if made:
+            raise EvaluationError(f"--scales scales a robustfeat run's fine-tuning update; '{made[0]}' was made "
+                                  "elsewhere (export it, or evaluate it without --scales)")
+        subjects = [ScaledSubject(s.path, a, data=s.data_override) for s in subjects
+                    for a in dict.fromkeys(map(float, scales))]
     ref = None
     if reference is not None:
         ref = next((s for s in subjects if s.path == Path(reference).expanduser().absolute()), None)
         if ref is None:  # evaluated too, so that its errors are there to divide by
-            ref = read_subject(reference)
+            ref = read_subject(reference, imported)
             subjects.append(ref)
     refs = pick_reference(subjects, ref)
     chosen, tag, plans, store = plan(subjects, out, bank=bank, shifts=shifts, quick=quick, device=device,
@@ -126,7 +162,8 @@ def evaluate(checkpoints: list[str | os.PathLike], out: str | os.PathLike, *, ba
         for ctx, plan_ in plans:
             rid = ctx.subject.id
             with locked(store.root / "cells" / f".{rid}.lock", f"checkpoint {rid} in '{store.root}'", wait=False):
-                store.update(checkpoints={rid: {**ctx.subject.provenance(), "reference": refs.get(rid)}})
+                skipped = {"skipped": ctx.memo["skipped"]} if ctx.memo.get("skipped") else {}
+                store.update(checkpoints={rid: {**ctx.subject.provenance(), "reference": refs.get(rid), **skipped}})
                 for name, ev, cells in plan_:
                     for cell in [c for c in cells if not store.done(rid, c)]:
                         shift = f"{cell.shift} s{cell.severity}" if cell.severity else cell.shift
@@ -179,7 +216,15 @@ def plan(subjects: list[Subject], out: str | os.PathLike | None, *, bank: str | 
     plans = []
     for i, subject in enumerate(subjects):
         ctx = EvalContext(subject=subject, options=run_options, base_dir=base_dir, pool=pool)
-        every = [(name, ev, ev.cells(ctx)) for name, ev in evaluations if ev.applies_to(ctx.family)]
+        fits = [(name, ev) for name, ev in evaluations if ev.applies_to(ctx.family)]
+        without = [name for name, ev in fits if ev.needs_base and not subject.has_base]
+        if without:  # no base to compare with: drift and forgetting are skipped, and the results say so
+            asked = sorted(wanted & set(without)) if wanted else []
+            if asked:
+                raise EvaluationError(f"{', '.join(asked)} compare{'s' if len(asked) == 1 else ''} '{subject.path}' "
+                                      "with its base model, which is not known; pass --base MODEL")
+            ctx.memo["skipped"] = {n: "needs the base model (pass --base)" for n in without}
+        every = [(name, ev, ev.cells(ctx)) for name, ev in fits if name not in without]
         if i == 0 and wanted:
             check_shifts(wanted, every, chosen.name + (" (quick)" if quick else ""))
         ctx.release()  # planning may load the model; only the checkpoint being evaluated stays in memory

@@ -11,6 +11,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from robustfeat.errors import RobustfeatError
@@ -41,6 +42,9 @@ class Subject:
     #: adapted layer paths ([] for methods without targets: full, linear)
     targets: list[str]
 
+    #: whether its base model is known (drift and forgetting need it)
+    has_base: bool = True
+
     def reference_facts(self) -> dict[str, Any]:
         """What a CE reference must share with this subject to normalise its errors."""
         raise NotImplementedError
@@ -63,11 +67,18 @@ class Subject:
         """The base model's handle: the same pretrained weights without fine-tuning."""
         raise NotImplementedError
 
+    def full_data(self, seed: int):
+        """Its fine-tuning data in full (every split, untrimmed), read from where it is now and
+        as it was read for training (its columns): what the deduplication against it needs."""
+        from robustfeat.data.api import load_dataset
+
+        return load_dataset(self.data, seed=seed, progress=False)
+
 
 class RunSubject(Subject):
     """A finished run folder of ``robustfeat finetune`` (checkpoint + ``robustfeat.json``)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, data: str | None = None) -> None:
         from robustfeat.adapters.checkpoint import read_checkpoint, refuse_pickle
         from robustfeat.train.record import RunRecord
 
@@ -79,6 +90,32 @@ class RunSubject(Subject):
         self.path = p
         self.record = RunRecord.read(p)
         read_checkpoint(p)  # weights present, safe (never a pickle), complete and finite, before any work
+        self.data_override = data
+        self._check_user_data()
+
+    def _check_user_data(self) -> None:
+        """A user file or folder is found (its recorded place, or ``data``) and is the data the
+        run was fine-tuned on, by fingerprint, before anything is written; registered datasets
+        are checked when loaded."""
+        from robustfeat.data.api import load_dataset
+        from robustfeat.registry import DATASETS
+
+        config = self.record.config_for(self.data_override)
+        if config.data in DATASETS and config.data != self.record.data:
+            self.record.check_data(SimpleNamespace(fingerprint=None), config.data)  # another registered dataset
+        if config.data in DATASETS or config.data.startswith("hf:"):
+            return
+        bundle = load_dataset(config.data, seed=config.seed, max_examples=config.max_examples,
+                              max_eval_examples=config.max_eval_examples, text_column=config.text_column,
+                              label_column=config.label_column, image_column=config.image_column, progress=False)
+        self.record.check_data(bundle, config.data)
+
+    def full_data(self, seed: int):
+        from robustfeat.data.api import load_dataset
+
+        config = self.record.config_for(self.data_override)
+        return load_dataset(config.data, seed=seed, text_column=config.text_column, label_column=config.label_column,
+                            image_column=config.image_column, progress=False)
 
     @cached_property
     def _adapter_config(self) -> dict[str, Any]:
@@ -141,7 +178,7 @@ class RunSubject(Subject):
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def load(self, device: str | None) -> tuple:
-        return self.record.rebuild(device, progress=False)
+        return self.record.rebuild(device, progress=False, data=self.data_override)
 
     def load_base(self, device: str | None):
         from robustfeat.environment import pick_device
@@ -221,10 +258,10 @@ class ScaledSubject(RunSubject):
     trained, values above 1 extrapolate. Each method says how its update scales
     (:meth:`~robustfeat.adapters.base.AdapterMethod.scale`)."""
 
-    def __init__(self, path: str | os.PathLike, alpha: float) -> None:
+    def __init__(self, path: str | os.PathLike, alpha: float, data: str | None = None) -> None:
         from robustfeat.registry import ADAPTERS
 
-        super().__init__(path)
+        super().__init__(path, data=data)
         alpha = float(alpha)
         if not (alpha == alpha and abs(alpha) < 1e6):
             raise RobustfeatError(f"an adapter scale must be a finite number, got {alpha!r}")

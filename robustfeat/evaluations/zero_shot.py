@@ -310,6 +310,7 @@ def balanced_subsample(labels: np.ndarray, n: int | None, num_classes: int, seed
 # --- the evaluation -----------------------------------------------------------------------------
 @register_evaluation
 class ZeroShot(Evaluation):
+    needs_base = True
     name = "zero-shot"
     summary = ("causal LMs: zero-shot accuracy on a held-out labelled task (default VADER tweet sentiment), answers "
                "scored by the log-likelihood of the label words after a prompt, base vs fine-tuned")

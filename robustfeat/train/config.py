@@ -37,8 +37,14 @@ _TAIL = [
     ("image_size", int | None, field(default=None, metadata={"help": "image side in px; default: the model's native"})),
     ("max_length", int, field(default=128, metadata={"help": "max tokens per text"})),
     ("text_column", str | None, field(default=None, metadata={"help": "text column of a CSV/JSON dataset"})),
+    ("label_column", str, field(default="label", metadata={"help": "label column of a CSV/JSON dataset"})),
+    ("image_column", str, field(default="image", metadata={"help": "image column of a saved datasets folder"})),
     ("checkpoint_every", int, field(default=50, metadata={"help": "save resumable state every N steps"})),
 ]
+
+
+#: fields added after runs were first recorded, with the default that leaves them out of to_dict
+LATER_FIELDS = {"label_column": "label", "image_column": "image"}
 
 
 def _hyperparameter_fields() -> list[tuple[str, Any, Any]]:
@@ -85,6 +91,9 @@ class _TrainConfigMethods:
                 check_hyperparameter(f.name, v)
         if self.text_column is not None and (not isinstance(self.text_column, str) or not self.text_column):
             raise ConfigError(f"text_column must be a column name or unset, got {self.text_column!r}")
+        for name in ("label_column", "image_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a column name, got {getattr(self, name)!r}")
         t = self.targets
         if t is not None and not (isinstance(t, str) and t) and not (
                 isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)):
@@ -107,7 +116,13 @@ class _TrainConfigMethods:
                 if getattr(self, f.name) is not None and getattr(self, f.name) is not False}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; the fields added after runs were first recorded are left out at their
+        defaults, so a run's digest (and a resume) does not change with them."""
+        d = asdict(self)
+        for name, default in LATER_FIELDS.items():
+            if d.get(name) == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):

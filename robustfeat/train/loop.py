@@ -162,7 +162,7 @@ def build(config: TrainConfig, device: torch.device, progress: bool = True) -> t
     method = ADAPTERS.get(config.method)
     data = load_dataset(config.data, seed=config.seed, max_examples=config.max_examples,
                         max_eval_examples=config.max_eval_examples, text_column=config.text_column,
-                        progress=progress)
+                        label_column=config.label_column, image_column=config.image_column, progress=progress)
     handle = load_model(config.model, num_labels=max(data.num_labels, 2), seed=config.seed,
                         max_length=config.max_length, image_size=config.image_size)
     if data.task == "text" and handle.info.family == "text-classifier":

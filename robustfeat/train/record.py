@@ -120,18 +120,67 @@ class RunRecord:
     def versions(self) -> dict[str, str]:
         return dict(self.raw.get("versions") or {})
 
+    # --- where its data is -------------------------------------------------------------------
+    @property
+    def data_path(self) -> str | None:
+        """The absolute path of the run's data when it is a user file or folder (None for a
+        registered dataset)."""
+        return (self.raw["data"].get("provenance") or {}).get("path")
+
+    def data_source(self, data: str | None = None) -> str:
+        """Where the run's data is now: ``data`` when given (the same data in a new place), a
+        registered name as it is, else the recorded absolute path, else the path as given at
+        fine-tuning (from the working directory). The fingerprint decides whether it is the
+        same data (:meth:`check_data`)."""
+        from robustfeat.registry import DATASETS
+
+        if data:
+            return data
+        spec = self.data
+        if spec in DATASETS or spec.startswith("hf:"):
+            return spec
+        for place in (self.data_path, spec):
+            if place and Path(place).expanduser().exists():
+                return place
+        raise TrainingError(f"file not found: {self.data_path or spec} (the data '{self.path}' was fine-tuned on); "
+                            "if it moved, pass --data with its new place")
+
+    def check_data(self, data, source: str) -> None:
+        """Refuse ``data`` (a loaded bundle, from ``source``) unless it is the data the run was
+        fine-tuned on, by fingerprint; the fix the message gives works as printed."""
+        if data.fingerprint == self.data_fingerprint:
+            return
+        from robustfeat.registry import DATASETS
+
+        if source in DATASETS and source != self.data:
+            raise TrainingError(f"'{source}' is not the data '{self.path}' was fine-tuned on ({self.data}); leave "
+                                f"out --data, or give --data with where {self.data} is now")
+        if source in DATASETS:
+            raise TrainingError(f"the data of '{self.path}' changed since training (fingerprint differs); run "
+                                f"`robustfeat data prepare {source} --force` to fetch it again, or fine-tune again")
+        raise TrainingError(f"'{source}' is not the data '{self.path}' was fine-tuned on (its fingerprint differs); "
+                            "pass --data with the file it was fine-tuned on, or fine-tune again on this one")
+
+    def config_for(self, data: str | None = None):
+        """The run's training configuration reading its data from where it is now."""
+        import dataclasses
+
+        source = self.data_source(data)
+        config = self.config
+        return config if source == config.data else dataclasses.replace(config, data=source)
+
     # --- rebuild ----------------------------------------------------------------------------
-    def rebuild(self, device: str | None = None, progress: bool = False):
-        """The fine-tuned model (the base with the trained adapters loaded) and its data;
-        refuses data that changed since training."""
+    def rebuild(self, device: str | None = None, progress: bool = False, data: str | None = None):
+        """The fine-tuned model (the base with the trained adapters loaded) and its data
+        (``data``: where the run's data is now, when it moved); refuses data other than the
+        data it was fine-tuned on."""
         from robustfeat.adapters import load_adapters, remove_adapters
         from robustfeat.environment import pick_device
         from robustfeat.train.loop import build
 
-        handle, data, _ = build(self.config, pick_device(device), progress)
+        config = self.config_for(data)
+        handle, bundle, _ = build(config, pick_device(device), progress)
         remove_adapters(handle.model)  # build() injected fresh ones; load the trained ones instead
         load_adapters(handle.model, self.path)
-        if data.fingerprint != self.data_fingerprint:
-            raise TrainingError(f"the data of '{self.path}' changed since training (fingerprint differs); "
-                                f"run `robustfeat data prepare {self.data} --force` or retrain")
-        return handle, data
+        self.check_data(bundle, config.data)
+        return handle, bundle

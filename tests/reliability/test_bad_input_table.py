@@ -55,6 +55,8 @@ def world(tmp_path_factory):
     (trunc / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
     (bad / "empty.csv").write_text("text,label\n")
     (bad / "nolabel.csv").write_text("text,stars\ngood,5\nbad,1\n")
+    (bad / "extra-field.csv").write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20))
+                                         + "good, not great,1\n")
     tiny_images = bad / "tiny-images"
     for c in ("a", "b"):
         (tiny_images / c).mkdir(parents=True)
@@ -85,9 +87,60 @@ def world(tmp_path_factory):
             "models": ["tiny-cnn"], "datasets": ["mnist-5k"], "methods": ["lora", "vefa"], "seeds": [0],
             "train": {"image_size": 32, "max_examples": 64, "max_eval_examples": 32}, "evaluate": evaluate_doc}))
     (bad / "a-file").write_text("precious")
-    return {"root": root, "ckpt": ckpt, "results": results, "report": report, "grid": grid, "sweep": root / "sweep",
+    # checkpoints made elsewhere: a PEFT adapter over a local transformers folder, and broken variants
+    peft = _made_elsewhere(root, bad)
+    return {"peft": peft, "root": root, "ckpt": ckpt, "results": results, "report": report, "grid": grid, "sweep": root / "sweep",
             "bad": bad, "nan": nan, "trunc": trunc, "tiny_images": tiny_images, "other": other, "broken": broken,
             "foreign": foreign}
+
+
+def _made_elsewhere(root: Path, bad: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, BertConfig, BertForSequenceClassification
+
+    from robustfeat.models.tiny import char_tokenizer
+    from robustfeat.train import TrainConfig, finetune
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=130, num_labels=2)
+    for name, config in (("hf-base", cfg), ("wide-base", BertConfig(**{**cfg.to_dict(), "hidden_size": 48}))):
+        BertForSequenceClassification(config).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    peft = root / "peft"
+    get_peft_model(BertForSequenceClassification.from_pretrained(root / "hf-base"),
+                   LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"])).save_pretrained(peft)
+    for name, change in (("peft-nobase", {"base_model_name_or_path": "org/not-here"}),
+                         ("peft-unknown", {"peft_type": "NOT_A_TUNER"})):
+        shutil.copytree(peft, bad / name)
+        doc = json.loads((bad / name / "adapter_config.json").read_text())
+        (bad / name / "adapter_config.json").write_text(json.dumps({**doc, **change}))
+    (bad / "three.csv").write_text("text,label\n" + "".join(f"text {i},{i % 3}\n" for i in range(60)))
+    pickled = bad / "pickled-hf"
+    pickled.mkdir()
+    AutoConfig.from_pretrained(root / "hf-base").save_pretrained(pickled)
+    torch.save({"w": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    # a run whose base (a local folder) is gone
+    shutil.copytree(root / "hf-base", bad / "gone-base")
+    finetune(TrainConfig(model=str(bad / "gone-base"), data=str(bad / "three.csv"), method="lora", max_examples=16,
+                         max_eval_examples=8), bad / "gone-run", progress=False)
+    shutil.rmtree(bad / "gone-base")
+    # broken files made elsewhere, a base of another family, and a run with no PEFT form (vefa with a shift)
+    shutil.copytree(peft, bad / "peft-truncated")
+    weights = bad / "peft-truncated" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (bad / "badjson-hf").mkdir()
+    (bad / "badjson-hf" / "config.json").write_text("{not json")
+    (bad / "badjson-hf" / "model.safetensors").write_bytes(b"junk")
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=48)).save_pretrained(root / "vit")
+    finetune(TrainConfig(model="tiny-bert", data=str(bad / "three.csv"), method="vefa", shift=True, max_examples=16,
+                         max_eval_examples=8), bad / "vefa-shift", progress=False)
+    return peft
 
 
 def cases(w):
@@ -101,6 +154,9 @@ def cases(w):
         (["info", w["nan"]], "NaN or inf"),
         (["info", w["trunc"]], "truncated or corrupt"),
         (["data", "prepare", "mnist-6k"], "mnist-5k"),
+        (["data", "prepare", b / "nope.csv"], "file not found:"),
+        (["data", "prepare", "digits", "--label-column", "y"], "--label-column is for files"),
+        (["data", "prepare", b / "extra-field.csv"], "line 22 has 3 fields but the header has 2"),
         # finetune
         (["finetune", "--model", "tiny-cnnn", "--data", "mnist-5k", "--method", "lora", "--out", out], "tiny-cnn"),
         (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lorra", "--out", out], "lora"),
@@ -114,6 +170,8 @@ def cases(w):
          "shift"),
         (["finetune", "--model", "tiny-bert", "--data", b / "empty.csv", "--method", "lora", "--out", out], "empty"),
         (["finetune", "--model", "tiny-bert", "--data", b / "nolabel.csv", "--method", "lora", "--out", out], "label"),
+        (["finetune", "--model", "tiny-bert", "--data", b / "extra-field.csv", "--method", "lora", "--out", out],
+         "quote a field that contains the delimiter"),
         (["finetune", "--model", "tiny-cnn", "--data", w["tiny_images"], "--method", "lora", "--out", out],
          "too small"),
         (["finetune", "--model", "tiny-cnn", "--data", "mnist-5k", "--method", "lora", "--out", b / "a-file"],
@@ -140,6 +198,23 @@ def cases(w):
         (["evaluate", ck, "--quick", "--device", "cuda", "--out", out], "cuda"),
         (["evaluate", ck, "--quick", "--imagenet", b / "nope", "--out", out], "--imagenet folder"),
         (["evaluate", ck, "--quick", "--out", res, "--seed", "3"], "holds results of bank"),
+        # evaluate: checkpoints made elsewhere
+        (["evaluate", b / "peft-nobase", "--data", b / "reviews.csv", "--out", out], "'org/not-here'"),
+        (["evaluate", b / "peft-unknown", "--data", b / "reviews.csv", "--out", out], "'NOT_A_TUNER'"),
+        (["evaluate", w["peft"], "--data", b / "reviews.csv", "--base", w["root"] / "wide-base", "--out", out],
+         "does not fit the base"),
+        (["evaluate", w["peft"], "--data", b / "three.csv", "--out", out], "has 3 labels but the head"),
+        (["evaluate", w["peft"], "--out", out], "pass --data"),
+        (["evaluate", w["peft"], "--data", b / "nope.csv", "--out", out], "file not found:"),
+        (["evaluate", b / "pickled-hf", "--data", b / "reviews.csv", "--out", out], "pickle"),
+        (["evaluate", ck, "--base", "tiny-cnn", "--out", out], "records its base"),
+        (["evaluate", ck, "--data", "digits", "--out", out], "'digits' is not the data"),
+        (["evaluate", b / "peft-truncated", "--data", b / "reviews.csv", "--out", out], "truncated or corrupt"),
+        (["evaluate", w["peft"], "--data", b / "reviews.csv", "--base", w["root"] / "vit", "--out", out],
+         "is of the image-classifier family"),
+        (["info", b / "peft-truncated"], "truncated or corrupt"),
+        (["info", b / "badjson-hf"], "not valid JSON"),
+        (["info", b / "peft-unknown"], "'NOT_A_TUNER'"),
         # report
         (["report", b / "nope", "--out", b / "r.html"], "does not exist"),
         (["report", w["broken"], "--out", b / "r.html"], "lacks the columns"),
@@ -159,6 +234,12 @@ def cases(w):
         (["export", b / "nope", "--out", out], "does not exist"),
         (["export", ck, "--out", res], "already exists"),
         (["export", ck, "--to", "onnx", "--out", out], "invalid choice: 'onnx'"),
+        (["export", b / "gone-run", "--out", out], "gone-base"),
+        (["export", ck, "--to", "merged", "--out", ck, "--overwrite"], "would replace the run itself"),
+        (["export", ck, "--to", "merged", "--out", w["root"], "--overwrite"], "would replace the run itself"),
+        (["export", ck, "--out", b / "a-file", "--overwrite"], "is a file, not a folder"),
+        (["export", ck, "--out", b / "a-file" / "sub"], "is a file, so"),
+        (["export", b / "vefa-shift", "--out", b / "new-deep" / "x"], "shift"),
         # quickstart
         (["quickstart", "--out", b / "a-file"], "is a file"),
     ]
@@ -193,7 +274,7 @@ def test_every_bad_input_is_one_line_and_harmless(world, capsys):
         if code != 2 or len(err) != 1 or match not in err[0] or "Traceback" in err[0] or changes:
             failures.append((args, code, err[-3:], sorted(changes)[:5]))
     assert not failures, failures
-    assert len(table) >= 45
+    assert len(table) >= 55
 
 
 def test_the_tree_check_sees_a_stray_lock_and_a_rewrite(world):
