@@ -241,6 +241,26 @@ def test_two_models_are_compared_within_their_own_group():
     assert len(drift.axes) == 6  # 3 measures x 2 models
 
 
+def test_drift_lines_up_one_bases_layers_named_by_different_wrappers():
+    """A PEFT-made classifier names MiniLM's layers ``bert.encoder.layer.N...``, robustfeat's
+    run ``encoder.encoder.layer.N...``: the drift plot puts the same layer at the same place."""
+    f = synthetic()
+    drift = f[f.evaluation.isin(["cka", "weights"]) & (f["shift"] != "all")]
+    layers = list(dict.fromkeys(drift["shift"]))
+    assert len(layers) >= 2
+    lora = f.method == "lora"
+    f.loc[lora, "shift"] = f.loc[lora, "shift"].map(lambda s: s if s == "all" else "bert." + s)
+    other = f["shift"].isin(layers) & ~lora
+    f.loc[other, "shift"] = "encoder.encoder." + f.loc[other, "shift"]
+    fig = plots.drift_by_layer(f)
+    assert fig.axes[0].get_title().endswith(f"({len(layers)} layers)")
+    assert plots.layer_key("bert.encoder.layer.3.attention.self.query") == "layer.3.attention.self.query"
+    assert plots.layer_key("head") == "head"
+    # names that would collide once cut keep their full form
+    two = pd.DataFrame({"checkpoint": "c", "shift": ["encoder.layer.0.q", "decoder.layer.0.q"], "value": [1, 2]})
+    assert list(plots.aligned_layers(two)["shift"]) == ["encoder.layer.0.q", "decoder.layer.0.q"]
+
+
 def test_a_single_checkpoint_report(tiny_results, tmp_path):
     """One checkpoint alone still gives a report: its numbers, the plots that apply, and
     a note for each plot that needs more (the forgetting trade-off needs the base)."""

@@ -273,6 +273,7 @@ def drift_by_layer(frame: pd.DataFrame) -> Figure:
     panels = [p for p in panels if ((rows.evaluation == p[0]) & (rows.metric == p[1])).any()]
     if not panels:
         raise RobustfeatError("the drift plot needs 'cka' or 'weights' rows (the drift evaluations)")
+    rows = aligned_layers(rows)
     pairs = _pairs(rows)
     methods = sorted(set(rows.method))
     fig = Figure(figsize=(max(7.2, 5.6 * len(pairs)), 2.4 * len(panels) + 1.4))
@@ -302,6 +303,30 @@ def drift_by_layer(frame: pd.DataFrame) -> Figure:
     fig.subplots_adjust(bottom=0.2, hspace=0.18, left=0.15 / len(pairs) + 0.03, right=0.98, wspace=0.4)
     _footnote(fig, f"{_seed_note(rows)}; lines are means over seeds. Layers in model order.")
     return fig
+
+
+def layer_key(name: str) -> str:
+    """A layer's name from its block on (``layer.0.attention.self.query``): the same layer of
+    the same base is named by its wrapper too (``bert.`` in a PEFT-made sequence classifier,
+    ``encoder.encoder.`` in robustfeat's MiniLM), and this part is what they share."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if parts[i].isdigit():
+            return ".".join(parts[i - 1:])
+    return name
+
+
+def aligned_layers(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each checkpoint's layer names (``shift``) cut to :func:`layer_key`, so that
+    checkpoints of one base made by different tools line up layer by layer; a checkpoint whose
+    cut names would collide keeps its full names."""
+    out = []
+    for _, part in rows.groupby(["results_dir", "checkpoint"], sort=False) if "results_dir" in rows else \
+            rows.groupby("checkpoint", sort=False):
+        names = list(dict.fromkeys(part["shift"]))
+        keys = {n: layer_key(n) for n in names}
+        out.append(part.assign(shift=part["shift"].map(keys)) if len(set(keys.values())) == len(names) else part)
+    return pd.concat(out).loc[rows.index] if out else rows
 
 
 def _short(layer: str) -> str:
